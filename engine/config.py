@@ -1,0 +1,102 @@
+"""Configuration records: the model's architecture (read from a Hugging Face config) and the engine's knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
+
+
+class ConfigError(ValueError):
+    """An engine option or model config is invalid; the message says which and why."""
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    eos_token_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict) -> "ModelConfig":
+        model_type = raw.get("model_type", "")
+        if model_type not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"model_type {model_type!r} is not supported; agentrt runs the Llama family "
+                f"({', '.join(SUPPORTED_ARCHITECTURES)})."
+            )
+        # transformers >= 5 nests rope settings in `rope_parameters`; older configs use rope_theta/rope_scaling.
+        rope = raw.get("rope_parameters") or {}
+        theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+        scaling = raw.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        if scaling is not None:
+            kind = scaling.get("rope_type", scaling.get("type", "default"))
+            if kind not in ("default", "llama3", "linear"):
+                raise ConfigError(f"rope scaling type {kind!r} is not supported (llama3, linear, default are).")
+            if kind == "default":
+                scaling = None
+        heads = raw["num_attention_heads"]
+        eos = raw.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        return cls(
+            model_type=model_type,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            # Qwen2 has q/k/v biases without saying so in its config; Llama says attention_bias.
+            qkv_bias=bool(raw.get("attention_bias", model_type == "qwen2")),
+            eos_token_ids=eos_ids,
+        )
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Engine options. `kv_cache_tokens` sizes the paged KV pool (rounded up to whole blocks)."""
+
+    model: str | None = None
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    block_size: int = 16
+    kv_cache_tokens: int | None = None  # None: what fits in kv_cache_memory_gb
+    kv_cache_memory_gb: float = 4.0
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    scheduling_policy: str = "fcfs"
+    attention_backend: str = "torch"
+    seed: int = 0
+    num_threads: int | None = None
+
+    def validate(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a positive power of two, got {self.block_size}")
+        if self.max_num_seqs <= 0:
+            raise ConfigError(f"max_num_seqs must be positive, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < self.block_size:
+            raise ConfigError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least block_size ({self.block_size})"
+            )
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.block_size:
+            raise ConfigError(f"kv_cache_tokens ({self.kv_cache_tokens}) must hold at least one block")

@@ -1,0 +1,256 @@
+"""The engine loop: `add_request`, then `step()` until done. Each step schedules, runs the model once,
+samples, appends tokens, checks stop conditions and frees finished requests' blocks.
+
+A request is finished by exactly one of: a stop token (EOS unless `ignore_eos`, or `stop_token_ids`),
+a stop string (text cut before it unless `include_stop_str_in_output`), `max_tokens`, the context
+limit `max_model_len`, or `abort_request`. Finished requests always give back all their blocks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine import loader
+from engine.block_pool import BlockPool
+from engine.config import ConfigError, EngineConfig
+from engine.kv_manager import KVCacheManager
+from engine.model import LlamaModel, rope_inv_freq
+from engine.params import ProgramHint, SamplingParams
+from engine.request import Request, RequestOutput, RequestStatus
+from engine.runner import ModelRunner
+from engine.sampler import sample
+from engine.scheduler import Scheduler, make_policy
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit the model's context (or the KV cache)."""
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_steps: int = 0
+    num_prompt_tokens: int = 0  # prompt tokens of admitted requests
+    num_prefix_hit_tokens: int = 0  # of those, served from the prefix cache
+    num_computed_tokens: int = 0  # tokens run through the model (prefill + decode + recompute)
+    num_generated_tokens: int = 0
+    forward_s: float = 0.0  # time inside the model forward
+    step_s: float = 0.0  # whole step time
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None, **overrides):
+        cfg = config or EngineConfig()
+        for k, v in overrides.items():
+            if not hasattr(cfg, k):
+                raise ConfigError(f"unknown engine option {k!r}")
+            setattr(cfg, k, v)
+        cfg.validate()
+        self.config = cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.device = _resolve_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype) if cfg.dtype else (
+            torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+
+        self.model_dir = loader.resolve_model(cfg.model)
+        self.model_config = loader.load_model_config(self.model_dir)
+        self.tokenizer = loader.load_tokenizer(self.model_dir)
+        self.model = LlamaModel(self.model_config)
+        try:
+            self.model.load_hf_state_dict(loader.load_state_dict(self.model_dir))
+        except KeyError as exc:
+            raise loader.ModelLoadError(f"{self.model_dir}: {exc.args[0]}") from exc
+        self.model.to(device=self.device, dtype=self.dtype).eval()
+        self.model.inv_freq = rope_inv_freq(self.model_config).to(self.device)  # stays float32
+
+        mc = self.model_config
+        self.eos_token_ids = set(mc.eos_token_ids)
+        gen_cfg = self.model_dir / "generation_config.json"
+        if gen_cfg.exists():
+            import json
+            eos = json.loads(gen_cfg.read_text()).get("eos_token_id")
+            self.eos_token_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_token_ids.add(self.tokenizer.eos_token_id)
+
+        bs = cfg.block_size
+        per_token = ModelRunner.kv_bytes_per_token(mc, self.dtype)
+        kv_tokens = cfg.kv_cache_tokens or int(cfg.kv_cache_memory_gb * 2**30 // per_token)
+        num_blocks = -(-kv_tokens // bs)
+        self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, num_blocks * bs)
+        self.pool = BlockPool(num_blocks, cfg.enable_prefix_caching)
+        self.kv = KVCacheManager(self.pool, bs)
+        self.scheduler = Scheduler(self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs,
+                                   cfg.max_num_batched_tokens)
+        self.runner = ModelRunner(self.model, mc, num_blocks, bs, self.device, self.dtype, cfg.attention_backend)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.requests: dict[str, Request] = {}
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt, add_special_tokens=False)
+        ids = list(prompt)
+        vocab = self.model_config.vocab_size
+        if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+            raise ValueError(f"prompt token ids must be ints in [0, {vocab})")
+        return None, ids
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer in {self.model_dir} has no chat template; pass plain prompts")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
+                    request_id: str | None = None, hint: ProgramHint | None = None,
+                    stream: bool = False) -> str:
+        """Queues a request; returns its id. `stream` makes `step()` report it after every token."""
+        req = self.make_request(prompt, params, request_id=request_id, hint=hint, stream=stream)
+        self.submit(req)
+        return req.request_id
+
+    def make_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
+                     request_id: str | None = None, hint: ProgramHint | None = None,
+                     stream: bool = False) -> Request:
+        """Validates and tokenizes a request without touching the queues (safe while a step runs)."""
+        params = params or SamplingParams()
+        text, ids = self.encode_prompt(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise PromptTooLongError(
+                f"prompt has {len(ids)} tokens; this engine holds at most {self.max_model_len} per request "
+                f"(prompt + output). Shorten the prompt or raise max_model_len / kv_cache_tokens.")
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        return Request(rid, text, ids, params, hint, stream)
+
+    def submit(self, req: Request) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"request id {req.request_id!r} is already in use")
+        self.requests[req.request_id] = req
+        self.scheduler.add(req)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        self.scheduler.remove(req)
+        self._finish(req, "abort")
+        return self._output(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step -------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
+        batch = self.scheduler.schedule()
+        if not batch.requests:
+            if self.scheduler.waiting and not self.scheduler.running:
+                raise RuntimeError("scheduler made no progress with free KV blocks; this is a bug")
+            return []
+        for req, n in zip(batch.requests, batch.num_new_tokens):
+            if req.metrics.first_scheduled_time is None:
+                req.metrics.first_scheduled_time = time.monotonic()
+                self.stats.num_prompt_tokens += req.num_prompt_tokens
+                self.stats.num_prefix_hit_tokens += req.num_cached_tokens
+        logits, sampling = self.runner.execute(batch.requests, batch.num_new_tokens)
+        for req, n in zip(batch.requests, batch.num_new_tokens):
+            req.num_computed_tokens += n
+            self.kv.commit(req)
+        new_tokens = sample(logits, sampling, self.generator) if sampling else []
+        now = time.monotonic()
+        outputs = []
+        for req, tok in zip(sampling, new_tokens):
+            req.token_ids.append(tok)
+            if req.metrics.first_token_time is None:
+                req.metrics.first_token_time = now
+            self._check_stop(req, tok)
+            if req.finished:
+                del self.requests[req.request_id]
+                self.scheduler.remove(req)
+            if req.finished or req.stream:
+                outputs.append(self._output(req))
+        st = self.stats
+        st.num_steps += 1
+        st.num_computed_tokens += batch.num_tokens
+        st.num_generated_tokens += len(new_tokens)
+        st.forward_s += self.runner.last_forward_s
+        st.step_s += time.perf_counter() - t0
+        return outputs
+
+    def _check_stop(self, req: Request, tok: int) -> None:
+        p = req.params
+        if tok in p.stop_token_ids:
+            return self._finish(req, "stop", tok)
+        if not p.ignore_eos and tok in self.eos_token_ids:
+            return self._finish(req, "stop")
+        if p.stop or req.stream:
+            seen = len(req.text)
+            self._detokenize(req)
+            if p.stop and self._match_stop_string(req, seen):
+                return
+        if req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.max_model_len:
+            self._finish(req, "length")
+
+    def _detokenize(self, req: Request) -> None:
+        """Incremental detokenization: decode from a few tokens back so that merges and multi-byte
+        characters come out right, and hold back text that still ends in a partial character."""
+        skip = req.params.skip_special_tokens
+        ids = req.token_ids
+        prefix = self.tokenizer.decode(ids[req.prefix_offset:req.read_offset], skip_special_tokens=skip)
+        full = self.tokenizer.decode(ids[req.prefix_offset:], skip_special_tokens=skip)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            req.text += full[len(prefix):]
+            req.prefix_offset, req.read_offset = req.read_offset, len(ids)
+
+    def _match_stop_string(self, req: Request, seen: int) -> bool:
+        """Finds a stop string that ends in the text added since `seen` characters."""
+        stops = req.params.stop
+        tail_start = max(0, seen - max(len(s) for s in stops) + 1)
+        hits = [(at, s) for s in stops if (at := req.text.find(s, tail_start)) >= 0]
+        if not hits:
+            return False
+        at, s = min(hits)
+        req.text = req.text[: at + len(s) if req.params.include_stop_str_in_output else at]
+        self._finish(req, "stop", s)
+        return True
+
+    def _finish(self, req: Request, reason: str, stop_reason: str | int | None = None) -> None:
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        req.stop_reason = stop_reason
+        req.metrics.finish_time = time.monotonic()
+
+    def _output(self, req: Request) -> RequestOutput:
+        if req.finished and not (req.params.stop or req.stream):
+            req.text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=req.params.skip_special_tokens)
+        # stream out only text that a stop string could no longer cut back
+        hold = 0 if req.finished or not req.params.stop else max(len(s) for s in req.params.stop) - 1
+        visible = max(len(req.text) - hold, req.emitted_text_len)
+        out = RequestOutput(
+            request_id=req.request_id, prompt=req.prompt,
+            prompt_token_ids=req.token_ids[: req.num_prompt_tokens],
+            token_ids=req.output_token_ids, text=req.text[:visible], finished=req.finished,
+            finish_reason=req.finish_reason, stop_reason=req.stop_reason,
+            delta_token_ids=req.token_ids[req.num_prompt_tokens + req.emitted_tokens:],
+            delta_text=req.text[req.emitted_text_len:visible],
+            logprobs=req.logprobs, num_cached_tokens=req.num_cached_tokens, metrics=req.metrics,
+        )
+        req.emitted_tokens = req.num_output_tokens
+        req.emitted_text_len = visible
+        return out

@@ -1,0 +1,152 @@
+"""Llama-family decoder (Llama, Qwen2, Mistral, SmolLM) over flat, packed token batches.
+
+The model sees one step's tokens as a flat `[num_tokens]` array with explicit positions; which
+sequence a token belongs to, and where its KV lives, is known only to the attention backend through
+the step's metadata. Numerics follow Hugging Face's implementation op for op (RMSNorm in float32,
+rotate-half RoPE, SwiGLU) so that greedy decoding is token-exact against transformers in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention import AttentionBackend
+from engine.config import ModelConfig
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies, including Llama-3 and linear rope scaling (as transformers computes them)."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = cfg.rope_scaling
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    # llama3: leave high frequencies alone, divide low ones by `factor`, interpolate smoothly between.
+    factor = float(scaling["factor"])
+    low_ff = float(scaling.get("low_freq_factor", 1.0))
+    high_ff = float(scaling.get("high_freq_factor", 4.0))
+    old_len = float(scaling.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_len / low_ff, old_len / high_ff
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low_ff) / (high_ff - low_ff)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [tokens, heads, head_dim]; cos/sin: [tokens, head_dim]."""
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return (x * cos) + (_rotate_half(x) * sin)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, index: int):
+        super().__init__()
+        self.index = index
+        self.eps = cfg.rms_norm_eps
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.q_size, self.kv_size = q, kv
+        self.input_norm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
+        self.post_attn_norm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
+        # q, k and v projections fused into one matmul; gate and up likewise.
+        self.qkv = nn.Parameter(torch.empty(q + 2 * kv, cfg.hidden_size), requires_grad=False)
+        self.qkv_bias = nn.Parameter(torch.zeros(q + 2 * kv), requires_grad=False) if cfg.qkv_bias else None
+        self.o = nn.Parameter(torch.empty(cfg.hidden_size, q), requires_grad=False)
+        self.gate_up = nn.Parameter(torch.empty(2 * cfg.intermediate_size, cfg.hidden_size), requires_grad=False)
+        self.down = nn.Parameter(torch.empty(cfg.hidden_size, cfg.intermediate_size), requires_grad=False)
+
+    def forward(self, x, cos, sin, attn: AttentionBackend):
+        residual = x
+        h = rms_norm(x, self.input_norm, self.eps)
+        qkv = F.linear(h, self.qkv, self.qkv_bias)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        n = x.shape[0]
+        q = apply_rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        v = v.view(n, self.num_kv_heads, self.head_dim)
+        o = attn.forward(self.index, q, k, v)
+        x = residual + F.linear(o.reshape(n, self.q_size), self.o)
+        residual = x
+        h = rms_norm(x, self.post_attn_norm, self.eps)
+        gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
+        return residual + F.linear(F.silu(gate) * up, self.down)
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Parameter(
+            torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, logits_indices: torch.Tensor,
+                attn: AttentionBackend) -> torch.Tensor:
+        """Returns float32 logits for the tokens at `logits_indices` only (the ones that sample)."""
+        x = F.embedding(token_ids, self.embed)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attn)
+        x = rms_norm(x.index_select(0, logits_indices), self.norm, self.cfg.rms_norm_eps)
+        head = self.embed if self.lm_head is None else self.lm_head
+        return F.linear(x, head).float()
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copies Hugging Face-named weights in, fusing q/k/v and gate/up; reports missing names."""
+        def take(name: str) -> torch.Tensor:
+            try:
+                return state.pop(name)
+            except KeyError:
+                raise KeyError(f"weights file lacks tensor {name!r}") from None
+
+        with torch.no_grad():
+            self.embed.copy_(take("model.embed_tokens.weight"))
+            self.norm.copy_(take("model.norm.weight"))
+            if self.lm_head is not None:
+                self.lm_head.copy_(take("lm_head.weight"))
+            else:
+                state.pop("lm_head.weight", None)
+            for i, layer in enumerate(self.layers):
+                p = f"model.layers.{i}."
+                layer.input_norm.copy_(take(p + "input_layernorm.weight"))
+                layer.post_attn_norm.copy_(take(p + "post_attention_layernorm.weight"))
+                layer.qkv.copy_(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
+                if layer.qkv_bias is not None:
+                    layer.qkv_bias.copy_(torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
+                layer.o.copy_(take(p + "self_attn.o_proj.weight"))
+                layer.gate_up.copy_(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
+                layer.down.copy_(take(p + "mlp.down_proj.weight"))
+        leftover = [k for k in state if "rotary_emb" not in k]
+        if leftover:
+            raise KeyError(f"weights file has tensors this model does not use: {leftover[:5]}")

@@ -1,0 +1,123 @@
+"""A request's life in the engine (`Request`) and what callers get back (`RequestOutput`).
+
+`token_ids` holds prompt then generated tokens; `num_computed_tokens` of them have K/V in the cache.
+A preempted request keeps its tokens and restarts from `num_computed_tokens = 0` (its prefix may
+still hit the cache), so preemption never loses or duplicates a generated token.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.block_pool import Block
+from engine.params import ProgramHint, SamplingParams
+
+_seq_counter = itertools.count()
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class RequestMetrics:
+    arrival_time: float
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    num_preemptions: int = 0
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), best first
+
+
+class Request:
+    __slots__ = (
+        "request_id", "prompt", "token_ids", "num_prompt_tokens", "params", "hint", "seq_no",
+        "status", "finish_reason", "stop_reason", "blocks", "block_hashes", "num_computed_tokens",
+        "num_committed_blocks",
+        "num_cached_tokens", "generator", "logprobs", "metrics", "stream",
+        "text", "prefix_offset", "read_offset", "emitted_tokens", "emitted_text_len", "salt",
+    )
+
+    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
+                 params: SamplingParams, hint: ProgramHint | None = None, stream: bool = False,
+                 arrival_time: float | None = None):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.params = params
+        self.hint = hint or ProgramHint()
+        self.salt = self.hint.tenant  # prefix-cache isolation per tenant
+        self.seq_no = next(_seq_counter)
+        self.status = RequestStatus.WAITING
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.blocks: list[Block] = []
+        self.block_hashes: list[bytes] = []
+        self.num_computed_tokens = 0
+        self.num_committed_blocks = 0  # leading blocks registered in the prefix index
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed)
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        self.metrics = RequestMetrics(arrival_time if arrival_time is not None else time.monotonic())
+        self.stream = stream
+        # incremental detokenization state (used when streaming or matching stop strings)
+        self.text = ""
+        self.prefix_offset = max(self.num_prompt_tokens - 5, 0)
+        self.read_offset = self.num_prompt_tokens
+        self.emitted_tokens = 0
+        self.emitted_text_len = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def __repr__(self) -> str:
+        return (f"Request({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
+                f"computed={self.num_computed_tokens}, blocks={len(self.blocks)})")
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """A snapshot of a request: cumulative `token_ids`/`text` plus the delta since the last snapshot."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finished: bool
+    finish_reason: str | None  # "stop", "length", "abort" or None while running
+    stop_reason: str | int | None  # the stop string or stop token that ended it
+    delta_token_ids: list[int] = field(default_factory=list)
+    delta_text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    num_cached_tokens: int = 0
+    metrics: RequestMetrics | None = None

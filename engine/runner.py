@@ -1,0 +1,90 @@
+"""Model runner: turns a scheduled batch into flat tensors, runs the model once, returns logits.
+
+It owns the model, the KV cache tensors and the attention backend. Per step it builds the flat
+token/position arrays, the slot mapping and the attention metadata (decodes batched, prefill
+spans listed), and the indices of the tokens whose logits are needed (each request's last
+scheduled token, when that token completes the request's known tokens).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from engine.attention import AttentionMetadata, PrefillSpan, TorchAttentionBackend
+from engine.config import ModelConfig
+from engine.model import LlamaModel
+from engine.request import Request
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, cfg: ModelConfig, num_blocks: int, block_size: int,
+                 device: torch.device, dtype: torch.dtype, attention_backend: str = "torch"):
+        self.model, self.cfg = model, cfg
+        self.device, self.block_size = device, block_size
+        shape = (cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        if attention_backend != "torch":
+            raise ValueError(f"unknown attention backend {attention_backend!r}; available: 'torch'")
+        self.attn = TorchAttentionBackend(self.k_cache, self.v_cache)
+        self.last_forward_s = 0.0
+
+    @staticmethod
+    def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
+        return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def _tensor(self, data) -> torch.Tensor:
+        return torch.tensor(data, dtype=torch.int64, device=self.device)
+
+    def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
+        """Runs one forward pass; returns logits [k, vocab] and the k requests they belong to."""
+        bs = self.block_size
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_idx: list[int] = []
+        sampling: list[Request] = []
+        prefills: list[PrefillSpan] = []
+        dec_idx: list[int] = []
+        dec_tables: list[list[int]] = []
+        dec_lens: list[int] = []
+        for req, n in zip(reqs, num_new):
+            start = req.num_computed_tokens
+            flat = len(tokens)
+            ids = [b.block_id for b in req.blocks]
+            if n == 1 and start > 0:
+                tokens.append(req.token_ids[start])
+                positions.append(start)
+                slots.append(ids[start // bs] * bs + start % bs)
+                dec_idx.append(flat)
+                dec_tables.append(ids)
+                dec_lens.append(start + 1)
+            else:
+                end = start + n
+                tokens.extend(req.token_ids[start:end])
+                positions.extend(range(start, end))
+                slots.extend(ids[p // bs] * bs + p % bs for p in range(start, end))
+                table = self._tensor(ids[: -(-end // bs)]) if start else None
+                prefills.append(PrefillSpan(flat, flat + n, start, table))
+            if start + n == req.num_tokens:
+                logits_idx.append(len(tokens) - 1)
+                sampling.append(req)
+        meta = AttentionMetadata(self._tensor(slots), prefills, None, None, None)
+        if dec_idx:
+            width = max(len(t) for t in dec_tables)
+            for t in dec_tables:
+                t.extend([0] * (width - len(t)))
+            meta.decode_token_idx = self._tensor(dec_idx)
+            meta.decode_block_tables = self._tensor(dec_tables)
+            lens = self._tensor(dec_lens)
+            meta.decode_mask = (torch.arange(width * bs, device=self.device)[None, :] < lens[:, None])[:, None, None, :]
+        t0 = time.perf_counter()
+        self.attn.begin_step(meta)
+        with torch.inference_mode():
+            logits = self.model(self._tensor(tokens), self._tensor(positions), self._tensor(logits_idx), self.attn)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.last_forward_s = time.perf_counter() - t0
+        return logits, sampling

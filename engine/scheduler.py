@@ -1,0 +1,131 @@
+"""Continuous batching: which requests run in the next step, and how many tokens each computes.
+
+One step mixes decodes and (chunked) prefills under a token budget. Running requests are served
+first in policy order; when their next slots don't fit, the lowest-priority running request is
+preempted (its blocks freed, its tokens kept, recomputed later). Waiting requests are admitted in
+policy order only in a step that preempted nothing, and only while blocks, sequence slots and
+budget last. Ordering is a pluggable `SchedulingPolicy`; `fcfs` orders by request arrival.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.kv_manager import KVCacheManager
+from engine.request import Request, RequestStatus
+
+
+class SchedulingPolicy:
+    """Orders requests: a smaller key runs first and is preempted last."""
+
+    name = "base"
+
+    def key(self, req: Request) -> tuple:
+        raise NotImplementedError
+
+
+class FCFSPolicy(SchedulingPolicy):
+    """vLLM's default: first come, first served by request arrival."""
+
+    name = "fcfs"
+
+    def key(self, req: Request) -> tuple:
+        return (req.metrics.arrival_time, req.seq_no)
+
+
+POLICIES: dict[str, type[SchedulingPolicy]] = {"fcfs": FCFSPolicy}
+
+
+def make_policy(name: str) -> SchedulingPolicy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown scheduling policy {name!r}; choose from {sorted(POLICIES)}") from None
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    requests: list[Request] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, max_num_seqs: int,
+                 max_num_batched_tokens: int):
+        self.kv = kv
+        self.policy = policy
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, req: Request) -> None:
+        req.status = RequestStatus.WAITING
+        self.waiting.append(req)
+
+    def remove(self, req: Request) -> None:
+        """Takes a finished or aborted request out of the queues and frees its blocks."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self.kv.free(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _preempt(self, req: Request, batch: ScheduledBatch) -> None:
+        self.kv.free(req)
+        req.status = RequestStatus.WAITING
+        req.metrics.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.append(req)
+        batch.preempted.append(req)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+        key = self.policy.key
+        self.running.sort(key=key)
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            while not self.kv.allocate(req, n):
+                victim = running.pop()  # lowest priority; not yet scheduled in this step
+                self._preempt(victim, batch)
+                if victim is req:
+                    break
+            else:
+                batch.requests.append(req)
+                batch.num_new_tokens.append(n)
+                budget -= n
+                i += 1
+        if batch.preempted:
+            return batch
+        self.waiting.sort(key=key)
+        admitted = 0
+        for req in self.waiting:
+            if budget <= 0 or len(running) >= self.max_num_seqs:
+                break
+            cached = self.kv.find_cached_prefix(req)
+            n = min(req.num_tokens - len(cached) * self.kv.block_size, budget)
+            if not self.kv.allocate(req, n, cached):
+                break
+            if req.metrics.num_preemptions == 0:
+                req.num_cached_tokens = len(cached) * self.kv.block_size
+            req.status = RequestStatus.RUNNING
+            running.append(req)
+            batch.requests.append(req)
+            batch.num_new_tokens.append(n)
+            budget -= n
+            admitted += 1
+        del self.waiting[:admitted]
+        return batch
