@@ -1,13 +1,17 @@
 """Attention over the paged KV cache, behind one backend interface.
 
-The KV cache is one tensor per K and V of shape `[layers, num_blocks, block_size, kv_heads, head_dim]`;
-a token at position p of a sequence lives in slot `block_table[p // bs] * bs + p % bs`.
+The KV cache is one tensor per K and V of shape `[layers, num_blocks, kv_heads, block_size, head_dim]`
+(vLLM's layout): a token at position p of a sequence lives in block `block_table[p // bs]`, row
+`p % bs`, and one (block, head) pair is a contiguous `[block_size, head_dim]` tile, so gathering a
+sequence's tiles yields K/V already in SDPA's `[batch, heads, tokens, head_dim]` layout.
 A step's batch is described once by `AttentionMetadata` (built by the model runner) and read by every
 layer. `TorchAttentionBackend` is the reference: it writes new K/V into their slots, then
 - prefill of a sequence with no cached context: causal SDPA over the fresh K/V (no gather),
-- prefill over a cached prefix (or a resumed chunk): gather the sequence's blocks, mask kv_pos <= q_pos,
-- decodes (one query each): one batched SDPA over the gathered, padded blocks of all decoding sequences.
-It is correct on CPU and CUDA; the Triton backend (kernels/) implements the same interface.
+- prefill over a cached prefix (or a resumed chunk): gather the sequence's tiles, mask kv_pos <= q_pos,
+- decodes (one query each): one batched SDPA over the gathered, padded tiles of all decoding sequences.
+Gathers write into reused workspace buffers: fresh multi-MB tensors per layer cost more in page
+faults than the copy itself on CPU. It is correct on CPU and CUDA; the Triton backend (kernels/)
+implements the same interface.
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ class PrefillSpan:
     start: int
     end: int
     ctx_len: int  # tokens of this sequence already in the cache before this step
-    block_table: torch.Tensor  # [num_blocks covering ctx_len + (end - start)], int64
+    tiles: torch.Tensor | None  # tile rows (see tile_rows) of its blocks; None when ctx_len == 0
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
-    slot_mapping: torch.Tensor  # [num_tokens] int64: cache slot each new token's K/V is written to
+    slot_mapping: torch.Tensor  # [num_tokens] int64: block_id * block_size + row of each new token
     prefills: list[PrefillSpan]
     decode_token_idx: torch.Tensor | None  # [num_decodes] flat index of each decode query
-    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64, padded with block 0
+    decode_tiles: torch.Tensor | None  # [num_decodes * kv_heads * max_blocks] int64 tile rows, padded with block 0
     decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] bool, True = attend
 
 
@@ -42,8 +46,14 @@ class AttentionBackend:
 
     def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor):
         self.k_cache, self.v_cache = k_cache, v_cache
-        self.block_size = k_cache.shape[2]
+        _, self.num_blocks, self.kv_heads, self.block_size, self.head_dim = k_cache.shape
         self.meta: AttentionMetadata | None = None
+
+    def tile_rows(self, block_ids: torch.Tensor) -> torch.Tensor:
+        """[..., n] block ids -> [..., kv_heads * n] rows of the `[blocks * kv_heads, bs * hd]` view, head-major."""
+        heads = torch.arange(self.kv_heads, device=block_ids.device)
+        rows = block_ids.unsqueeze(-2) * self.kv_heads + heads[:, None]
+        return rows.reshape(*block_ids.shape[:-1], -1)
 
     def begin_step(self, meta: AttentionMetadata) -> None:
         self.meta = meta
@@ -53,13 +63,40 @@ class AttentionBackend:
 
 
 class TorchAttentionBackend(AttentionBackend):
+    def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor):
+        super().__init__(k_cache, v_cache)
+        self._work = torch.empty(0, dtype=k_cache.dtype, device=k_cache.device)
+        self._store_idx: torch.Tensor | None = None
+
+    def begin_step(self, meta: AttentionMetadata) -> None:
+        super().begin_step(meta)
+        # element row of each (token, head) in the [blocks * kv_heads * bs, hd] view
+        slot = meta.slot_mapping
+        block, row = slot // self.block_size, slot % self.block_size
+        heads = torch.arange(self.kv_heads, device=slot.device)
+        self._store_idx = ((block[:, None] * self.kv_heads + heads) * self.block_size + row[:, None]).reshape(-1)
+
+    def _workspace(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = self.block_size * self.head_dim
+        if self._work.shape[0] < 2 * rows:
+            self._work = torch.empty(2 * rows, width, dtype=self.k_cache.dtype, device=self.k_cache.device)
+        return self._work[:rows], self._work[rows:2 * rows]
+
+    def _gather(self, layer: int, rows: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V tiles for `rows` as [batch, kv_heads, tokens, head_dim] (views of the workspace)."""
+        kbuf, vbuf = self._workspace(rows.numel())
+        width = self.block_size * self.head_dim
+        kc = self.k_cache[layer].view(-1, width)
+        vc = self.v_cache[layer].view(-1, width)
+        kg = torch.index_select(kc, 0, rows, out=kbuf).view(batch, self.kv_heads, -1, self.head_dim)
+        vg = torch.index_select(vc, 0, rows, out=vbuf).view(batch, self.kv_heads, -1, self.head_dim)
+        return kg, vg
+
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
-        kc, vc = self.k_cache[layer], self.v_cache[layer]
-        num_blocks, bs, kvh, hd = kc.shape
-        flat_k, flat_v = kc.view(num_blocks * bs, kvh, hd), vc.view(num_blocks * bs, kvh, hd)
-        flat_k.index_copy_(0, meta.slot_mapping, k)
-        flat_v.index_copy_(0, meta.slot_mapping, v)
+        hd = self.head_dim
+        self.k_cache[layer].view(-1, hd).index_copy_(0, self._store_idx, k.reshape(-1, hd))
+        self.v_cache[layer].view(-1, hd).index_copy_(0, self._store_idx, v.reshape(-1, hd))
         out = torch.empty_like(q)
         for span in meta.prefills:
             qs = q[span.start:span.end].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
@@ -70,24 +107,15 @@ class TorchAttentionBackend(AttentionBackend):
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
             else:
                 total = span.ctx_len + n
-                ks = self._gather(kc, span.block_table)[:total].transpose(0, 1).unsqueeze(0)
-                vs = self._gather(vc, span.block_table)[:total].transpose(0, 1).unsqueeze(0)
+                ks, vs = self._gather(layer, span.tiles, 1)
                 q_pos = torch.arange(span.ctx_len, total, device=q.device)
-                mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]
+                mask = torch.arange(ks.shape[2], device=q.device)[None, :] <= q_pos[:, None]
                 o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
             out[span.start:span.end] = o[0].transpose(0, 1)
         if meta.decode_token_idx is not None:
-            bt = meta.decode_block_tables
-            b = bt.shape[0]
-            kd = self._gather(kc, bt.reshape(-1)).view(b, -1, kvh, hd).transpose(1, 2)
-            vd = self._gather(vc, bt.reshape(-1)).view(b, -1, kvh, hd).transpose(1, 2)
+            b = meta.decode_token_idx.shape[0]
+            kd, vd = self._gather(layer, meta.decode_tiles, b)
             qd = q.index_select(0, meta.decode_token_idx).unsqueeze(2)  # [B, H, 1, D]
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=True)
             out.index_copy_(0, meta.decode_token_idx, o.squeeze(2))
         return out
-
-    @staticmethod
-    def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
-        """Copies whole blocks (contiguous rows) out of the cache: [len(block_ids) * bs, kv_heads, head_dim]."""
-        nb, bs, kvh, hd = cache.shape
-        return cache.view(nb, bs * kvh * hd).index_select(0, block_ids).view(-1, kvh, hd)

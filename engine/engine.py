@@ -41,6 +41,16 @@ class EngineStats:
     step_s: float = 0.0  # whole step time
 
 
+@dataclass(slots=True)
+class StepInfo:
+    """The last step's shape and timing (benchmarks read it)."""
+
+    num_requests: int = 0
+    num_tokens: int = 0
+    forward_s: float = 0.0
+    step_s: float = 0.0
+
+
 def _resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,6 +106,7 @@ class Engine:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
+        self.last_step = StepInfo()
         self._ids = itertools.count()
 
     # ---- requests -------------------------------------------------------------------------------
@@ -189,8 +200,10 @@ class Engine:
         st.num_steps += 1
         st.num_computed_tokens += batch.num_tokens
         st.num_generated_tokens += len(new_tokens)
+        step_s = time.perf_counter() - t0
         st.forward_s += self.runner.last_forward_s
-        st.step_s += time.perf_counter() - t0
+        st.step_s += step_s
+        self.last_step = StepInfo(len(batch.requests), batch.num_tokens, self.runner.last_forward_s, step_s)
         return outputs
 
     def _check_stop(self, req: Request, tok: int) -> None:

@@ -20,6 +20,13 @@ class LLM:
     def __init__(self, model: str | None = None, **options):
         self.engine = Engine(EngineConfig(model=model), **options)
 
+    @classmethod
+    def from_engine(cls, engine: Engine) -> "LLM":
+        """Wraps an existing engine (keeps its prefix cache and statistics)."""
+        llm = cls.__new__(cls)
+        llm.engine = engine
+        return llm
+
     @property
     def tokenizer(self):
         return self.engine.tokenizer

@@ -23,7 +23,7 @@ class ModelRunner:
                  device: torch.device, dtype: torch.dtype, attention_backend: str = "torch"):
         self.model, self.cfg = model, cfg
         self.device, self.block_size = device, block_size
-        shape = (cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         if attention_backend != "torch":
@@ -66,8 +66,8 @@ class ModelRunner:
                 tokens.extend(req.token_ids[start:end])
                 positions.extend(range(start, end))
                 slots.extend(ids[p // bs] * bs + p % bs for p in range(start, end))
-                table = self._tensor(ids[: -(-end // bs)]) if start else None
-                prefills.append(PrefillSpan(flat, flat + n, start, table))
+                tiles = self.attn.tile_rows(self._tensor(ids[: -(-end // bs)])) if start else None
+                prefills.append(PrefillSpan(flat, flat + n, start, tiles))
             if start + n == req.num_tokens:
                 logits_idx.append(len(tokens) - 1)
                 sampling.append(req)
@@ -77,7 +77,7 @@ class ModelRunner:
             for t in dec_tables:
                 t.extend([0] * (width - len(t)))
             meta.decode_token_idx = self._tensor(dec_idx)
-            meta.decode_block_tables = self._tensor(dec_tables)
+            meta.decode_tiles = self.attn.tile_rows(self._tensor(dec_tables)).reshape(-1)
             lens = self._tensor(dec_lens)
             meta.decode_mask = (torch.arange(width * bs, device=self.device)[None, :] < lens[:, None])[:, None, None, :]
         t0 = time.perf_counter()

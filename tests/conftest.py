@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny random Llama directory (fast tests) and the real default model (parity tests)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.tiny import make_tiny_model
+
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain recursion in one sentence.",
+    "List three prime numbers.",
+    "How do I list files in bash?",
+    "What is 17 times 23?",
+    "Translate 'good morning' to Spanish.",
+    "Give me a tip for writing clean Python code.",
+    "Why is the sky blue?",
+    "Name a sorting algorithm and its complexity.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    from engine.loader import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def hf_default(default_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(default_model_dir), dtype=torch.float32).eval()
+
+
+def hf_greedy(hf_model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Hugging Face `generate` greedy continuation of one unpadded prompt (stops at EOS, which it
+    includes): the reference for the token-exact tests."""
+    with torch.inference_mode():
+        out = hf_model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                                max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, len(prompt_ids):].tolist()
