@@ -10,8 +10,9 @@ layer. `TorchAttentionBackend` is the reference: it writes new K/V into their sl
 - prefill over a cached prefix (or a resumed chunk): gather the sequence's tiles, mask kv_pos <= q_pos,
 - decodes (one query each): one batched SDPA over the gathered, padded tiles of all decoding sequences.
 Gathers write into reused workspace buffers: fresh multi-MB tensors per layer cost more in page
-faults than the copy itself on CPU. It is correct on CPU and CUDA; the Triton backend (kernels/)
-implements the same interface.
+faults than the copy itself on CPU. It is correct on CPU and CUDA. `CpuAttentionBackend` replaces
+the decode path with a C kernel that reads the tiles in place; the Triton backend (kernels/) will
+implement the same interface for GPUs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from kernels import cpu_attention
 
 
 @dataclass(slots=True)
@@ -37,8 +40,8 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64: block_id * block_size + row of each new token
     prefills: list[PrefillSpan]
     decode_token_idx: torch.Tensor | None  # [num_decodes] flat index of each decode query
-    decode_tiles: torch.Tensor | None  # [num_decodes * kv_heads * max_blocks] int64 tile rows, padded with block 0
-    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] bool, True = attend
+    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64, padded with block 0
+    decode_ctx_lens: torch.Tensor | None  # [num_decodes] int64: tokens each decode attends to
 
 
 class AttentionBackend:
@@ -67,6 +70,8 @@ class TorchAttentionBackend(AttentionBackend):
         super().__init__(k_cache, v_cache)
         self._work = torch.empty(0, dtype=k_cache.dtype, device=k_cache.device)
         self._store_idx: torch.Tensor | None = None
+        self._decode_tiles: torch.Tensor | None = None
+        self._decode_mask: torch.Tensor | None = None
 
     def begin_step(self, meta: AttentionMetadata) -> None:
         super().begin_step(meta)
@@ -75,6 +80,20 @@ class TorchAttentionBackend(AttentionBackend):
         block, row = slot // self.block_size, slot % self.block_size
         heads = torch.arange(self.kv_heads, device=slot.device)
         self._store_idx = ((block[:, None] * self.kv_heads + heads) * self.block_size + row[:, None]).reshape(-1)
+        if meta.decode_block_tables is not None:
+            self._prepare_decode(meta)
+
+    def _prepare_decode(self, meta: AttentionMetadata) -> None:
+        width = meta.decode_block_tables.shape[1] * self.block_size
+        self._decode_tiles = self.tile_rows(meta.decode_block_tables).reshape(-1)
+        positions = torch.arange(width, device=meta.decode_block_tables.device)
+        self._decode_mask = (positions[None, :] < meta.decode_ctx_lens[:, None])[:, None, None, :]
+
+    def _decode(self, layer: int, qd: torch.Tensor) -> torch.Tensor:
+        """qd: [B, H, D] one query per decoding sequence -> [B, H, D]."""
+        kd, vd = self._gather(layer, self._decode_tiles, qd.shape[0])
+        o = F.scaled_dot_product_attention(qd.unsqueeze(2), kd, vd, attn_mask=self._decode_mask, enable_gqa=True)
+        return o.squeeze(2)
 
     def _workspace(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         width = self.block_size * self.head_dim
@@ -113,9 +132,32 @@ class TorchAttentionBackend(AttentionBackend):
                 o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
             out[span.start:span.end] = o[0].transpose(0, 1)
         if meta.decode_token_idx is not None:
-            b = meta.decode_token_idx.shape[0]
-            kd, vd = self._gather(layer, meta.decode_tiles, b)
-            qd = q.index_select(0, meta.decode_token_idx).unsqueeze(2)  # [B, H, 1, D]
-            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=True)
-            out.index_copy_(0, meta.decode_token_idx, o.squeeze(2))
+            o = self._decode(layer, q.index_select(0, meta.decode_token_idx))
+            out.index_copy_(0, meta.decode_token_idx, o)
         return out
+
+
+class CpuAttentionBackend(TorchAttentionBackend):
+    """The torch backend with decodes through the C paged-attention kernel, which reads the cache
+    tiles in place instead of gathering them (float32 CPU; see kernels/cpu_attention.py)."""
+
+    def _prepare_decode(self, meta: AttentionMetadata) -> None:
+        self._tables, self._lens = meta.decode_block_tables, meta.decode_ctx_lens
+
+    def _decode(self, layer: int, qd: torch.Tensor) -> torch.Tensor:
+        return cpu_attention.paged_decode_attention(qd, self.k_cache[layer], self.v_cache[layer], self._tables,
+                                                    self._lens, self.head_dim ** -0.5)
+
+
+def make_attention_backend(name: str, k_cache: torch.Tensor, v_cache: torch.Tensor) -> AttentionBackend:
+    """`auto` takes the C decode kernel on a float32 CPU cache when it compiles here, else torch."""
+    if name == "auto":
+        cpu_ok = k_cache.device.type == "cpu" and k_cache.dtype == torch.float32 and cpu_attention.available()
+        name = "cpu" if cpu_ok else "torch"
+    if name == "torch":
+        return TorchAttentionBackend(k_cache, v_cache)
+    if name == "cpu":
+        if not cpu_attention.available():
+            raise ValueError("attention backend 'cpu' needs a working C compiler (cc) on this machine")
+        return CpuAttentionBackend(k_cache, v_cache)
+    raise ValueError(f"unknown attention backend {name!r}; choose from 'auto', 'torch', 'cpu'")

@@ -85,7 +85,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"
-    attention_backend: str = "torch"
+    attention_backend: str = "auto"  # auto | torch | cpu
     seed: int = 0
     num_threads: int | None = None
 

@@ -220,14 +220,15 @@ class Engine:
         if req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.max_model_len:
             self._finish(req, "length")
 
-    def _detokenize(self, req: Request) -> None:
+    def _detokenize(self, req: Request, flush: bool = False) -> None:
         """Incremental detokenization: decode from a few tokens back so that merges and multi-byte
-        characters come out right, and hold back text that still ends in a partial character."""
+        characters come out right, and hold back text that still ends in a partial character
+        (unless `flush`: the request is over and what is there is final)."""
         skip = req.params.skip_special_tokens
         ids = req.token_ids
         prefix = self.tokenizer.decode(ids[req.prefix_offset:req.read_offset], skip_special_tokens=skip)
         full = self.tokenizer.decode(ids[req.prefix_offset:], skip_special_tokens=skip)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+        if len(full) > len(prefix) and (flush or not full.endswith("\ufffd")):
             req.text += full[len(prefix):]
             req.prefix_offset, req.read_offset = req.read_offset, len(ids)
 
@@ -252,6 +253,8 @@ class Engine:
     def _output(self, req: Request) -> RequestOutput:
         if req.finished and not (req.params.stop or req.stream):
             req.text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=req.params.skip_special_tokens)
+        elif req.finished and not isinstance(req.stop_reason, str):
+            self._detokenize(req, flush=True)
         # stream out only text that a stop string could no longer cut back
         hold = 0 if req.finished or not req.params.stop else max(len(s) for s in req.params.stop) - 1
         visible = max(len(req.text) - hold, req.emitted_text_len)

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from engine.attention import AttentionMetadata, PrefillSpan, TorchAttentionBackend
+from engine.attention import AttentionMetadata, PrefillSpan, make_attention_backend
 from engine.config import ModelConfig
 from engine.model import LlamaModel
 from engine.request import Request
@@ -20,15 +20,13 @@ from engine.request import Request
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, cfg: ModelConfig, num_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype, attention_backend: str = "torch"):
+                 device: torch.device, dtype: torch.dtype, attention_backend: str = "auto"):
         self.model, self.cfg = model, cfg
         self.device, self.block_size = device, block_size
         shape = (cfg.num_layers, num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
-        if attention_backend != "torch":
-            raise ValueError(f"unknown attention backend {attention_backend!r}; available: 'torch'")
-        self.attn = TorchAttentionBackend(self.k_cache, self.v_cache)
+        self.attn = make_attention_backend(attention_backend, self.k_cache, self.v_cache)
         self.last_forward_s = 0.0
 
     @staticmethod
@@ -77,9 +75,8 @@ class ModelRunner:
             for t in dec_tables:
                 t.extend([0] * (width - len(t)))
             meta.decode_token_idx = self._tensor(dec_idx)
-            meta.decode_tiles = self.attn.tile_rows(self._tensor(dec_tables)).reshape(-1)
-            lens = self._tensor(dec_lens)
-            meta.decode_mask = (torch.arange(width * bs, device=self.device)[None, :] < lens[:, None])[:, None, None, :]
+            meta.decode_block_tables = self._tensor(dec_tables)
+            meta.decode_ctx_lens = self._tensor(dec_lens)
         t0 = time.perf_counter()
         self.attn.begin_step(meta)
         with torch.inference_mode():

@@ -66,8 +66,8 @@ def make_tiny_model(path: str | Path, *, arch: str = "llama", num_layers: int = 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # larger than the default init so that logits are far from ties
-        for p in model.parameters():
-            if p.dim() > 1:
+        for name, p in model.named_parameters():
+            if p.dim() > 1 or name.endswith(".bias"):
                 p.normal_(0.0, 0.1)
     model.save_pretrained(path, safe_serialization=True)
     return path

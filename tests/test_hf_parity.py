@@ -8,14 +8,23 @@ import pytest
 from engine import LLM, Engine, SamplingParams
 from tests.conftest import CHAT_PROMPTS, hf_greedy
 
+from kernels import cpu_attention
+
 pytestmark = pytest.mark.slow
 NEW_TOKENS = 32
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS)
+BACKENDS = ["torch"] + (["cpu"] if cpu_attention.available() else [])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request):
+    """Every parity test runs on each attention backend this machine has."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def llm(default_model_dir):
-    return LLM(str(default_model_dir), kv_cache_tokens=16384)
+def llm(default_model_dir, backend):
+    return LLM(str(default_model_dir), kv_cache_tokens=16384, attention_backend=backend)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,8 @@ def reference(hf_default, chat_ids):
     return [hf_greedy(hf_default, ids, NEW_TOKENS) for ids in chat_ids]
 
 
-def test_alone_matches_hf(llm, chat_ids, reference):
+def test_alone_matches_hf(llm, backend, chat_ids, reference):
+    assert type(llm.engine.runner.attn).__name__.lower().startswith(backend)
     for ids, ref in zip(chat_ids, reference):
         (out,) = llm.generate([ids], GREEDY)
         assert out.token_ids == ref
@@ -43,9 +53,10 @@ def test_chat_api_matches_hf_batched(llm, reference):
     assert all(o.text == llm.tokenizer.decode(r, skip_special_tokens=True) for o, r in zip(outs, reference))
 
 
-def test_staggered_arrivals_match_hf(default_model_dir, chat_ids, reference):
+def test_staggered_arrivals_match_hf(default_model_dir, backend, chat_ids, reference):
     """Requests join a running batch at different steps, with chunked prefill mixing into decodes."""
-    engine = Engine(model=str(default_model_dir), kv_cache_tokens=16384, max_num_batched_tokens=64)
+    engine = Engine(model=str(default_model_dir), kv_cache_tokens=16384, max_num_batched_tokens=64,
+                    attention_backend=backend)
     got: dict[str, list[int]] = {}
     ids_of: dict[str, int] = {}
     pending = list(enumerate(chat_ids))
@@ -66,8 +77,8 @@ def test_staggered_arrivals_match_hf(default_model_dir, chat_ids, reference):
     assert engine.pool.num_free == engine.pool.num_blocks
 
 
-def test_warm_prefix_cache_is_identical_and_skips_tokens(default_model_dir, chat_ids, reference):
-    engine = Engine(model=str(default_model_dir), kv_cache_tokens=16384)
+def test_warm_prefix_cache_is_identical_and_skips_tokens(default_model_dir, backend, chat_ids, reference):
+    engine = Engine(model=str(default_model_dir), kv_cache_tokens=16384, attention_backend=backend)
     llm = LLM.from_engine(engine)
     cold = llm.generate(chat_ids, GREEDY)
     computed_cold = engine.stats.num_computed_tokens
@@ -82,9 +93,10 @@ def test_warm_prefix_cache_is_identical_and_skips_tokens(default_model_dir, chat
     assert sum(len(ids) for ids in chat_ids) - expected_hits <= bs * len(chat_ids)  # < one block each
 
 
-def test_tiny_kv_budget_preempts_and_stays_identical(default_model_dir, chat_ids, reference):
+def test_tiny_kv_budget_preempts_and_stays_identical(default_model_dir, backend, chat_ids, reference):
     # 12 blocks of 16 tokens: room for about three of these requests at once
-    engine = Engine(model=str(default_model_dir), kv_cache_tokens=12 * 16, max_num_seqs=8)
+    engine = Engine(model=str(default_model_dir), kv_cache_tokens=12 * 16, max_num_seqs=8,
+                    attention_backend=backend)
     llm = LLM.from_engine(engine)
     outs = llm.generate(chat_ids, GREEDY)
     assert engine.scheduler.num_preemptions > 0

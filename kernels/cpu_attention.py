@@ -1,0 +1,106 @@
+"""Paged decode attention for the CPU: a small C kernel (OpenMP, float32) and its torch reference.
+
+Decoding on a CPU is memory-bound, and the torch path first gathers every sequence's K/V tiles
+into a padded batch, then runs SDPA over the copy: three passes over the context per layer. The C
+kernel reads the tiles in place, once. It is compiled on first use with the system C compiler
+(`cc -O3 -march=native -fopenmp`, under a second) into `$AGENTRT_CACHE/kernels/`, keyed by the
+source, the flags and the CPU; `available()` is False where no compiler works, and callers fall
+back to the reference.
+
+Shapes: q [batch, heads, head_dim]; k_cache / v_cache [num_blocks, kv_heads, block_size, head_dim]
+(one layer); block_tables [batch, max_blocks] int64; ctx_lens [batch] int64 (>= 1).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+_SOURCE = Path(__file__).with_name("csrc") / "paged_decode_attention.c"
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+
+
+def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                               block_tables: torch.Tensor, ctx_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Torch reference: gather each sequence's tiles, mask past its length, SDPA with GQA."""
+    b, heads, hd = q.shape
+    _, kvh, bs, _ = k_cache.shape
+    width = block_tables.shape[1] * bs
+    k = k_cache[block_tables].permute(0, 2, 1, 3, 4).reshape(b, kvh, width, hd)
+    v = v_cache[block_tables].permute(0, 2, 1, 3, 4).reshape(b, kvh, width, hd)
+    mask = (torch.arange(width, device=q.device)[None, :] < ctx_lens[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.squeeze(2)
+
+
+def _cpu_id() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return next((line for line in info.splitlines() if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None or platform.system() != "Linux":
+        return None
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
+    root = Path(os.environ.get("AGENTRT_CACHE", Path.home() / ".cache" / "agentrt")).expanduser() / "kernels"
+    lib = root / f"paged_decode_attention-{key}.so"
+    if not lib.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not lib.exists():
+                fd, tmp = tempfile.mkstemp(dir=root, suffix=".so")
+                os.close(fd)
+                proc = subprocess.run([compiler, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    os.unlink(tmp)
+                    return None
+                os.replace(tmp, lib)
+    so = ctypes.CDLL(str(lib))
+    fn = so.paged_decode_attention_f32
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float]
+    return so
+
+
+def available() -> bool:
+    """True when the C kernel compiled and loaded on this machine."""
+    return _library() is not None
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, ctx_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Same contract as the reference; float32 CPU tensors, contiguous caches."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the CPU attention kernel is not available (no working C compiler)")
+    if q.dtype != torch.float32 or k_cache.dtype != torch.float32 or q.device.type != "cpu":
+        raise TypeError("paged_decode_attention takes float32 CPU tensors")
+    q = q.contiguous()
+    block_tables = block_tables.contiguous()
+    ctx_lens = ctx_lens.contiguous()
+    b, heads, hd = q.shape
+    _, kvh, bs, _ = k_cache.shape
+    assert k_cache.is_contiguous() and v_cache.is_contiguous() and heads % kvh == 0
+    out = torch.empty_like(q)
+    max_ctx = int(ctx_lens.max()) if b else 0
+    lib.paged_decode_attention_f32(
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_tables.data_ptr(), ctx_lens.data_ptr(),
+        out.data_ptr(), b, heads, kvh, hd, bs, block_tables.shape[1], max_ctx, scale)
+    return out
