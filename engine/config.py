@@ -86,6 +86,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"
     attention_backend: str = "auto"  # auto | torch | cpu
+    matmul: str = "auto"  # auto | torch | onednn (see engine.model.pick_linear)
     seed: int = 0
     num_threads: int | None = None
 

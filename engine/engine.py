@@ -18,7 +18,7 @@ from engine import loader
 from engine.block_pool import BlockPool
 from engine.config import ConfigError, EngineConfig
 from engine.kv_manager import KVCacheManager
-from engine.model import LlamaModel, rope_inv_freq
+from engine.model import LlamaModel, pick_linear, rope_inv_freq
 from engine.params import ProgramHint, SamplingParams
 from engine.request import Request, RequestOutput, RequestStatus
 from engine.runner import ModelRunner
@@ -75,7 +75,7 @@ class Engine:
         self.model_dir = loader.resolve_model(cfg.model)
         self.model_config = loader.load_model_config(self.model_dir)
         self.tokenizer = loader.load_tokenizer(self.model_dir)
-        self.model = LlamaModel(self.model_config)
+        self.model = LlamaModel(self.model_config, pick_linear(cfg.matmul, self.device, self.dtype))
         try:
             self.model.load_hf_state_dict(loader.load_state_dict(self.model_dir))
         except KeyError as exc:

@@ -13,18 +13,19 @@ from kernels import cpu_attention
 pytestmark = pytest.mark.slow
 NEW_TOKENS = 32
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS)
-BACKENDS = ["torch"] + (["cpu"] if cpu_attention.available() else [])
+# the torch paths (what Hugging Face itself runs) and this machine's fast default (C decode kernel, oneDNN)
+BACKENDS = {"torch": dict(attention_backend="torch", matmul="torch"), "auto": dict(attention_backend="auto", matmul="auto")}
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
 def backend(request):
-    """Every parity test runs on each attention backend this machine has."""
-    return request.param
+    """Every parity test runs on both configurations."""
+    return BACKENDS[request.param]
 
 
 @pytest.fixture(scope="module")
 def llm(default_model_dir, backend):
-    return LLM(str(default_model_dir), kv_cache_tokens=16384, attention_backend=backend)
+    return LLM(str(default_model_dir), kv_cache_tokens=16384, **backend)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def reference(hf_default, chat_ids):
 
 
 def test_alone_matches_hf(llm, backend, chat_ids, reference):
-    assert type(llm.engine.runner.attn).__name__.lower().startswith(backend)
+    if backend["attention_backend"] == "auto" and cpu_attention.available():
+        assert type(llm.engine.runner.attn).__name__ == "CpuAttentionBackend"
     for ids, ref in zip(chat_ids, reference):
         (out,) = llm.generate([ids], GREEDY)
         assert out.token_ids == ref
@@ -56,7 +58,7 @@ def test_chat_api_matches_hf_batched(llm, reference):
 def test_staggered_arrivals_match_hf(default_model_dir, backend, chat_ids, reference):
     """Requests join a running batch at different steps, with chunked prefill mixing into decodes."""
     engine = Engine(model=str(default_model_dir), kv_cache_tokens=16384, max_num_batched_tokens=64,
-                    attention_backend=backend)
+                    **backend)
     got: dict[str, list[int]] = {}
     ids_of: dict[str, int] = {}
     pending = list(enumerate(chat_ids))
@@ -78,7 +80,7 @@ def test_staggered_arrivals_match_hf(default_model_dir, backend, chat_ids, refer
 
 
 def test_warm_prefix_cache_is_identical_and_skips_tokens(default_model_dir, backend, chat_ids, reference):
-    engine = Engine(model=str(default_model_dir), kv_cache_tokens=16384, attention_backend=backend)
+    engine = Engine(model=str(default_model_dir), kv_cache_tokens=16384, **backend)
     llm = LLM.from_engine(engine)
     cold = llm.generate(chat_ids, GREEDY)
     computed_cold = engine.stats.num_computed_tokens
@@ -96,7 +98,7 @@ def test_warm_prefix_cache_is_identical_and_skips_tokens(default_model_dir, back
 def test_tiny_kv_budget_preempts_and_stays_identical(default_model_dir, backend, chat_ids, reference):
     # 12 blocks of 16 tokens: room for about three of these requests at once
     engine = Engine(model=str(default_model_dir), kv_cache_tokens=12 * 16, max_num_seqs=8,
-                    attention_backend=backend)
+                    **backend)
     llm = LLM.from_engine(engine)
     outs = llm.generate(chat_ids, GREEDY)
     assert engine.scheduler.num_preemptions > 0
