@@ -1,5 +1,28 @@
-"""agentrt: the runtime users program agents against (agents as async Python, tools, store, server).
+"""agentrt: run AI agents written as plain async Python, fast, with every turn recorded.
 
-Not built yet: the runtime lands with its own issue. Today the embedded engine (`engine`) is the
-usable part of the distribution; see the README.
+    from agentrt import Runtime, EmbeddedBackend, ShellTool
+
+    async def agent(ctx, task):
+        ctx.user(task)
+        reply = await ctx.chat(tools=[ShellTool(".")], tool_format="bash")
+        ...
+
+`Runtime` runs many programs at once; `Context` (the `ctx`) carries each program's conversation,
+tools and identity; backends: `EmbeddedBackend` (in-process engine), `OpenAIBackend` (HTTP).
 """
+
+from engine.params import ProgramHint, SamplingParams
+
+from agentrt.backends import Backend, BackendError, EmbeddedBackend, OpenAIBackend, StubBackend
+from agentrt.context import Context, TurnLimitReached
+from agentrt.runtime import ProgramResult, RunResult, Runtime, poisson_arrivals
+from agentrt.store import Store
+from agentrt.tools import FunctionTool, HttpTool, ShellTool, Tool, ToolBox, tool
+from agentrt.types import ChatReply, ToolCall, ToolResult
+
+__all__ = [
+    "Runtime", "RunResult", "ProgramResult", "Context", "TurnLimitReached", "poisson_arrivals",
+    "Backend", "BackendError", "EmbeddedBackend", "OpenAIBackend", "StubBackend", "Store",
+    "Tool", "FunctionTool", "ShellTool", "HttpTool", "ToolBox", "tool",
+    "ChatReply", "ToolCall", "ToolResult", "ProgramHint", "SamplingParams",
+]

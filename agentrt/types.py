@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +63,4 @@ class ChatReply:
     format_error: str | None = None  # set when the reply tried to call a tool but the call did not parse
 
     def as_message(self) -> dict:
-        msg: dict[str, Any] = {"role": "assistant", "content": self.text}
-        return msg
-
-    def tool_calls_json(self) -> str:
-        return json.dumps([{"name": c.name, "arguments": c.arguments} for c in self.tool_calls])
+        return {"role": "assistant", "content": self.text}

@@ -89,14 +89,15 @@ class AsyncEngine:
             self._wakeup.set()
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-                       hint: ProgramHint | None = None, request_id: str | None = None
+                       hint: ProgramHint | None = None, request_id: str | None = None, stream: bool = True
                        ) -> AsyncIterator[RequestOutput]:
-        """Yields a snapshot per new token (cumulative `text`, plus `delta_text`); the last has `finished`."""
+        """Yields a snapshot per new token (cumulative `text`, plus `delta_text`); the last has `finished`.
+        With `stream=False` only the final snapshot comes (no per-token detokenization)."""
         if self._task_group is None:
             raise RuntimeError("use `async with AsyncEngine(...) as engine:` before generate()")
         if self._error is not None:
             raise RuntimeError(f"the engine loop failed: {self._error!r}") from self._error
-        req = self.engine.make_request(prompt, params, request_id=request_id, hint=hint, stream=True)
+        req = self.engine.make_request(prompt, params, request_id=request_id, hint=hint, stream=stream)
         rid = req.request_id
         if rid in self._streams:
             raise ValueError(f"request id {rid!r} is already in use")
@@ -120,6 +121,6 @@ class AsyncEngine:
                        hint: ProgramHint | None = None) -> RequestOutput:
         """Runs one request to completion and returns its final output."""
         last = None
-        async for last in self.generate(prompt, params, hint=hint):
+        async for last in self.generate(prompt, params, hint=hint, stream=False):
             pass
         return last

@@ -1,0 +1,10 @@
+"""LLM backends the runtime talks to. One interface (`Backend.chat`), three implementations:
+`embedded` (this process's engine), `openai` (any OpenAI-compatible server over HTTP, with program
+affinity across several servers) and `stub` (instant canned replies, to measure the runtime itself)."""
+
+from agentrt.backends.base import Backend, BackendError
+from agentrt.backends.embedded import EmbeddedBackend
+from agentrt.backends.openai_http import OpenAIBackend
+from agentrt.backends.stub import StubBackend
+
+__all__ = ["Backend", "BackendError", "EmbeddedBackend", "OpenAIBackend", "StubBackend"]

@@ -1,0 +1,36 @@
+"""The backend interface: turn a conversation plus sampling options and a program hint into a reply."""
+
+from __future__ import annotations
+
+from engine.params import ProgramHint, SamplingParams
+
+from agentrt.types import ChatReply
+
+
+class BackendError(RuntimeError):
+    """The backend could not answer (server error, bad request); the message says why."""
+
+
+class Backend:
+    """`chat` must be safe to call from many programs at once. `native_tools` backends accept OpenAI
+    `tools` specs and return structured tool calls; the others get tools rendered into the prompt."""
+
+    name = "base"
+    native_tools = False
+
+    async def __aenter__(self) -> "Backend":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        return None
+
+    async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
+                   tools: list[dict] | None = None, last_tool: str | None = None) -> ChatReply:
+        raise NotImplementedError
+
+    def end_program(self, program_id: str) -> None:
+        """Called once a program is over (its KV and server affinity may go)."""
+
+    def sample(self) -> dict | None:
+        """Engine gauges for the store's periodic samples, where the backend can see them."""
+        return None

@@ -1,0 +1,48 @@
+"""The in-process engine as a backend: chat template, `AsyncEngine.complete`, engine timings in epoch seconds."""
+
+from __future__ import annotations
+
+import time
+
+from engine import AsyncEngine, EngineConfig
+from engine.params import ProgramHint, SamplingParams
+
+from agentrt.backends.base import Backend
+from agentrt.types import ChatReply, LLMTimings
+
+
+def _epoch(monotonic_t: float | None, now_wall: float, now_mono: float) -> float | None:
+    return None if monotonic_t is None else now_wall - (now_mono - monotonic_t)
+
+
+class EmbeddedBackend(Backend):
+    name = "embedded"
+
+    def __init__(self, engine: AsyncEngine | None = None, model: str | None = None, **engine_options):
+        self.aengine = engine or AsyncEngine(EngineConfig(model=model), **engine_options)
+        self.model_name = self.aengine.engine.model_dir.name
+
+    async def __aenter__(self) -> "EmbeddedBackend":
+        await self.aengine.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aengine.__aexit__(*exc_info)
+
+    async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
+                   tools: list[dict] | None = None, last_tool: str | None = None) -> ChatReply:
+        queued = time.time()
+        prompt = self.aengine.engine.apply_chat_template(messages)
+        out = await self.aengine.complete(prompt, params, hint=hint)
+        wall, mono = time.time(), time.monotonic()
+        m = out.metrics
+        timings = LLMTimings(queued, _epoch(m.first_scheduled_time, wall, mono),
+                             _epoch(m.first_token_time, wall, mono), _epoch(m.finish_time, wall, mono))
+        return ChatReply(out.text, out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
+                         len(out.token_ids), timings)
+
+    def sample(self) -> dict:
+        e = self.aengine.engine
+        return {"blocks_total": e.pool.num_blocks, "blocks_free": e.pool.num_free,
+                "blocks_used": e.pool.num_blocks - e.pool.num_free, "blocks_pinned": 0,
+                "running": len(e.scheduler.running), "waiting": len(e.scheduler.waiting)}

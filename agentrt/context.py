@@ -1,0 +1,173 @@
+"""`Context`: what an agent program holds while it runs: its conversation, tools, identity and turn count.
+
+    async def agent(ctx, task):
+        ctx.user(task)
+        for _ in range(ctx.max_turns):
+            reply = await ctx.chat(tools=[bash], tool_format="bash")
+            if reply.format_error:
+                ctx.user(reply.format_error)          # tell the model, as mini-swe-agent does
+            elif not reply.tool_calls:
+                return reply.text
+            for call in reply.tool_calls:
+                await ctx.tool(call)                  # runs it, appends the observation
+
+Every `chat` carries the program's `ProgramHint` (program id, turn index, is-last-turn, tenant) to the
+backend; the user never passes it. The last turn is the one asked with `last_turn=True`, or the one
+that reaches `max_turns`. Every LLM call and tool call is timed and written to the store, and every
+tool result is passed to the runtime's tool hooks (toolpredict listens there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from engine.params import ProgramHint, SamplingParams
+
+from agentrt import toolcalls
+from agentrt.backends.base import Backend
+from agentrt.store import LLMCall, Store, ToolCallRow
+from agentrt.tools import Tool, ToolBox
+from agentrt.types import ChatReply, ToolCall, ToolResult
+
+if TYPE_CHECKING:
+    ToolHook = Callable[["Context", ToolResult], None]
+
+
+class TurnLimitReached(RuntimeError):
+    """The program asked for more LLM turns than `max_turns`."""
+
+
+class Context:
+    def __init__(self, program_id: str, task: Any, backend: Backend, *, store: Store | None = None,
+                 tools: list[Tool | Callable] = (), tool_format: str = "openai", max_turns: int = 20,
+                 tenant: str | None = None, sampling: SamplingParams | None = None,
+                 tool_hooks: list["ToolHook"] = (), max_output_chars: int = 10_000):
+        self.program_id = program_id
+        self.task = task
+        self.backend = backend
+        self.store = store
+        self.toolbox = ToolBox(tools)
+        self.tool_format = tool_format
+        self.max_turns = max_turns
+        self.tenant = tenant
+        self.sampling = sampling or SamplingParams(temperature=0.0, max_tokens=256)
+        self.tool_hooks = list(tool_hooks)
+        self.max_output_chars = max_output_chars
+        self.messages: list[dict] = []
+        self.turn = 0  # LLM calls made so far
+        self.last_tool: str | None = None
+
+    # ---- conversation helpers ----------------------------------------------------------------
+
+    def system(self, content: str) -> None:
+        self.messages.append({"role": "system", "content": content})
+
+    def user(self, content: str) -> None:
+        self.messages.append({"role": "user", "content": content})
+
+    # ---- the LLM -----------------------------------------------------------------------------
+
+    def _format(self, tool_format: str) -> str:
+        # a backend without native tool calling gets OpenAI tools as Hermes text
+        if tool_format == "openai" and not self.backend.native_tools:
+            return "hermes"
+        return tool_format
+
+    def _with_tool_prompt(self, messages: list[dict], fmt: str, specs: list[dict]) -> list[dict]:
+        prompt = toolcalls.render_tools(fmt, specs)
+        if messages and messages[0]["role"] == "system":
+            return [{"role": "system", "content": f"{messages[0]['content']}\n\n{prompt}"}, *messages[1:]]
+        return [{"role": "system", "content": prompt}, *messages]
+
+    async def chat(self, messages: list[dict] | None = None, *, tools: list[Tool | Callable] | None = None,
+                   tool_format: str | None = None, last_turn: bool = False, **sampling: Any) -> ChatReply:
+        """One LLM turn over `messages` (default: the conversation so far; if given, they replace it).
+        The reply is appended to the conversation; tool calls in it are parsed into `reply.tool_calls`
+        (or `reply.format_error`, a message to send back)."""
+        if self.turn >= self.max_turns:
+            raise TurnLimitReached(f"program {self.program_id} reached its limit of {self.max_turns} turns")
+        if messages is not None:
+            self.messages = list(messages)
+        for t in tools or ():
+            if not (isinstance(t, Tool) and self.toolbox.tools.get(t.name) is t):
+                self.toolbox.add(t)
+        fmt = self._format(tool_format or self.tool_format)
+        specs = self.toolbox.specs() if (tools or self.toolbox.tools) else []
+        send = self.messages
+        native = fmt == "openai"
+        if specs and not native:
+            send = self._with_tool_prompt(self.messages, fmt, specs)
+        params = dataclasses.replace(self.sampling, **sampling) if sampling else self.sampling
+        is_last = last_turn or self.turn == self.max_turns - 1
+        hint = ProgramHint(self.program_id, self.turn, is_last, self.tenant)
+        error = None
+        try:
+            reply = await self.backend.chat(send, params, hint, specs if native and specs else None, self.last_tool)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if error is not None:
+                self._record_llm(hint, None, send, error)
+        if specs and not native:
+            reply.tool_calls, reply.format_error = toolcalls.parse(fmt, reply.text)
+        self.turn += 1
+        message = reply.as_message()
+        if native and reply.tool_calls:  # an OpenAI server expects the calls that tool messages answer
+            message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                "name": c.name, "arguments": json.dumps(c.arguments)}} for c in reply.tool_calls]
+        self.messages.append(message)
+        self._record_llm(hint, reply, send, None)
+        return reply
+
+    def _record_llm(self, hint: ProgramHint, reply: ChatReply | None, sent: list[dict], error: str | None) -> None:
+        if self.store is None:
+            return
+        t = reply.timings if reply else None
+        self.store.insert(LLMCall, {
+            "id": uuid.uuid4().hex, "program_id": self.program_id, "turn": hint.turn, "is_last_turn": hint.is_last_turn,
+            "queued_at": t.queued_at if t else 0.0, "started_at": t.started_at if t else None,
+            "first_token_at": t.first_token_at if t else None, "finished_at": t.finished_at if t else None,
+            "prompt_tokens": reply.prompt_tokens if reply else 0, "cached_tokens": reply.cached_tokens if reply else 0,
+            "output_tokens": reply.output_tokens if reply else 0,
+            "finish_reason": reply.finish_reason if reply else "error",
+            "prompt": str(sent[-1].get("content", ""))[: self.max_output_chars] if sent else None,
+            "output": reply.text[: self.max_output_chars] if reply else None, "error": error,
+        })
+
+    # ---- tools -------------------------------------------------------------------------------
+
+    async def tool(self, call: ToolCall | str, /, **arguments: Any) -> ToolResult:
+        """Runs a tool call (parsed from a reply, or by name with keyword arguments), times it, records
+        it, and appends its result to the conversation as the model's next observation."""
+        if isinstance(call, str):
+            call = ToolCall(call, arguments, "call_" + uuid.uuid4().hex[:24])
+        result = await self.toolbox.run(call)
+        self.last_tool = call.name
+        self.messages.append(self.observation(result))
+        if self.store is not None:
+            self.store.insert(ToolCallRow, {
+                "id": uuid.uuid4().hex, "program_id": self.program_id, "turn": self.turn, "name": call.name,
+                "arguments": json.loads(json.dumps(call.arguments, default=str)), "started_at": result.started_at,
+                "finished_at": result.finished_at, "duration_s": result.duration_s, "ok": result.ok,
+                "exit_code": result.exit_code, "error": result.error,
+                "output": result.output[: self.max_output_chars], "predicted_duration_s": None, "ttl_s": None,
+            })
+        for hook in self.tool_hooks:
+            hook(self, result)
+        return result
+
+    def observation(self, result: ToolResult) -> dict:
+        """The message a tool result becomes: mini-swe-agent's returncode/output for the bash format,
+        a `tool` message otherwise."""
+        output = result.output
+        if len(output) > self.max_output_chars:
+            output = output[: self.max_output_chars] + f"\n[{len(result.output) - self.max_output_chars} more characters cut]"
+        if self._format(self.tool_format) == "bash":
+            code = result.exit_code if result.exit_code is not None else -1
+            return {"role": "user", "content": f"<returncode>{code}</returncode>\n<output>\n{output}</output>"}
+        return {"role": "tool", "content": output, "tool_call_id": result.call.id, "name": result.call.name}

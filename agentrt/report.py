@@ -1,0 +1,89 @@
+"""Program-level job-completion-time report of a run, read back from the store.
+
+JCT of a program = its end - its arrival. Per run: programs by status, mean / p50 / p95 / p99 JCT of
+the programs that finished, makespan (first arrival to last end), throughput (finished programs per
+second of makespan), turns, and where the time went (LLM calls vs tools, summed over programs).
+Programs still `running` in the database are listed as unfinished: a run killed midway says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from agentrt.store import LLMCall, Program, Run, ToolCallRow, read_rows
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in [0, 100]); None for no values."""
+    if not values:
+        return None
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def run_report(db: str, run_id: str | None = None) -> dict:
+    runs = sorted(read_rows(db, Run), key=lambda r: r["started_at"])
+    if not runs:
+        raise ValueError(f"no runs in {db}")
+    if run_id is None:
+        run = runs[-1]
+    else:
+        matches = [r for r in runs if r["id"].startswith(run_id)]
+        if len(matches) != 1:
+            raise ValueError(f"run id {run_id!r} matches {len(matches)} runs in {db}")
+        run = matches[0]
+    programs = sorted(read_rows(db, Program, run_id=run["id"]), key=lambda p: p["index"])
+    ids = {p["id"] for p in programs}
+    llm = [c for c in read_rows(db, LLMCall) if c["program_id"] in ids]
+    tools = [c for c in read_rows(db, ToolCallRow) if c["program_id"] in ids]
+    done = [p for p in programs if p["status"] == "finished"]
+    jcts = [p["jct_s"] for p in done if p["jct_s"] is not None]
+    ends = [p["finished_at"] for p in programs if p["finished_at"]]
+    makespan = (max(ends) - min(p["arrival_at"] for p in programs)) if ends else None
+    by_status: dict[str, int] = {}
+    for p in programs:
+        by_status[p["status"]] = by_status.get(p["status"], 0) + 1
+    llm_s = sum(c["finished_at"] - c["queued_at"] for c in llm if c["finished_at"])
+    ttft = [c["first_token_at"] - c["queued_at"] for c in llm if c["first_token_at"]]
+    return {
+        "run_id": run["id"], "name": run["name"], "backend": run["backend"], "config": run["config"],
+        "programs": len(programs), "by_status": by_status,
+        "unfinished": [p["id"] for p in programs if p["status"] == "running"],
+        "jct_mean_s": statistics.mean(jcts) if jcts else None,
+        "jct_p50_s": percentile(jcts, 50), "jct_p95_s": percentile(jcts, 95), "jct_p99_s": percentile(jcts, 99),
+        "makespan_s": makespan,
+        "throughput_programs_per_s": (len(done) / makespan) if makespan else None,
+        "llm_calls": len(llm), "tool_calls": len(tools),
+        "llm_time_s": llm_s, "tool_time_s": sum(c["duration_s"] for c in tools),
+        "ttft_p50_s": percentile(ttft, 50),
+        "prompt_tokens": sum(c["prompt_tokens"] for c in llm), "cached_tokens": sum(c["cached_tokens"] for c in llm),
+        "output_tokens": sum(c["output_tokens"] for c in llm),
+        "per_program": [{"index": p["index"], "id": p["id"], "status": p["status"], "turns": p["turns"],
+                         "jct_s": p["jct_s"]} for p in programs],
+    }
+
+
+def format_report(rep: dict) -> str:
+    def s(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [
+        f"run {rep['run_id'][:12]} ({rep['backend']}): {rep['programs']} programs, "
+        + ", ".join(f"{n} {k}" for k, n in sorted(rep["by_status"].items())),
+        f"JCT  mean {s(rep['jct_mean_s'])} s  p50 {s(rep['jct_p50_s'])}  p95 {s(rep['jct_p95_s'])}  "
+        f"p99 {s(rep['jct_p99_s'])}   makespan {s(rep['makespan_s'])} s   "
+        f"throughput {s(rep['throughput_programs_per_s'])} programs/s",
+        f"{rep['llm_calls']} LLM calls ({s(rep['llm_time_s'])} s, TTFT p50 {s(rep['ttft_p50_s'])} s; "
+        f"{rep['prompt_tokens']} prompt tokens, {rep['cached_tokens']} from cache, {rep['output_tokens']} generated), "
+        f"{rep['tool_calls']} tool calls ({s(rep['tool_time_s'])} s)",
+    ]
+    if rep["unfinished"]:
+        lines.append(f"did not finish (run interrupted): {len(rep['unfinished'])} programs: "
+                     + ", ".join(i[:12] for i in rep["unfinished"][:10]))
+    lines.append("  #  status     turns   JCT (s)")
+    for p in rep["per_program"]:
+        lines.append(f"{p['index']:>3}  {p['status']:<10} {p['turns'] or 0:>5}   {s(p['jct_s']):>7}")
+    return "\n".join(lines)
