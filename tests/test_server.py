@@ -1,0 +1,331 @@
+"""The OpenAI-compatible server over real HTTP: uvicorn in a thread, httpx and the official openai client.
+
+Most tests share one server on the tiny random model (its text is garbage, so they check shapes,
+token counts and greedy agreement, not words); one slow test runs the real default model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from agentrt.server import _streamable_content, create_app, hermes_to_openai, run_server
+from engine import AsyncEngine, ConfigError, EngineConfig, ProgramHint
+
+API_KEY = "test-key"
+MODEL = "tiny"
+HELLO = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. Agents call tools."}]
+TOOLS = [{"type": "function", "function": {
+    "name": "bash", "description": "Run a shell command",
+    "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}}]
+
+
+class RecordingEngine(AsyncEngine):
+    """The real engine, plus a record of the program hint each request arrived with."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hints: list[ProgramHint | None] = []
+
+    def generate(self, prompt, params=None, *, hint=None, request_id=None):
+        self.hints.append(hint)
+        return super().generate(prompt, params, hint=hint, request_id=request_id)
+
+
+@contextlib.contextmanager
+def serve(app) -> Iterator[str]:
+    """Runs `app` under uvicorn on a free port in a background thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def wait_idle(engine, timeout: float = 5.0) -> None:
+    """Polls until no request is left in the engine and every KV block is free."""
+    deadline = time.monotonic() + timeout
+    while engine.has_unfinished_requests() or engine.pool.num_free != engine.pool.num_blocks:
+        assert time.monotonic() < deadline, f"engine not idle: {engine.requests}, {engine.pool.num_free} free"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_model_dir):
+    aengine = RecordingEngine(EngineConfig(model=str(tiny_model_dir)), kv_cache_tokens=4096)
+    with serve(create_app(aengine, MODEL, api_key=API_KEY)) as url:
+        yield url, aengine
+
+
+@pytest.fixture()
+def http(tiny_server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=tiny_server[0], headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture()
+def client(tiny_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{tiny_server[0]}/v1", api_key=API_KEY, max_retries=0)
+
+
+def sse_events(response: httpx.Response) -> list[str]:
+    return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def assert_served(http: httpx.Client) -> None:
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": "hello", "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+# ---- the happy paths -----------------------------------------------------------------------------
+
+def test_openai_client_chat_non_streaming_and_streaming_agree(client, tiny_server):
+    greedy = dict(model=MODEL, messages=HELLO, temperature=0, max_tokens=8, extra_body={"ignore_eos": True})
+    resp = client.chat.completions.create(**greedy)
+    choice = resp.choices[0]
+    assert resp.object == "chat.completion" and resp.model == MODEL and resp.id.startswith("chatcmpl-")
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason == "length" and choice.logprobs is None
+    assert resp.usage.completion_tokens == 8 and resp.usage.prompt_tokens > 16
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + 8
+
+    chunks = list(client.chat.completions.create(**greedy, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    usage = chunks[-1].usage
+    assert not chunks[-1].choices and usage.completion_tokens == 8
+    # the same prompt again: its full blocks come from the prefix cache
+    assert usage.prompt_tokens_details.cached_tokens >= 16
+    wait_idle(tiny_server[1].engine)
+
+
+def test_openai_client_completions_and_logprobs(client):
+    kw = dict(model=MODEL, prompt="Agents call tools", temperature=0, max_tokens=6, extra_body={"ignore_eos": True})
+    resp = client.completions.create(**kw, logprobs=2)
+    choice = resp.choices[0]
+    assert resp.object == "text_completion" and choice.finish_reason == "length"
+    assert resp.usage.completion_tokens == 6
+    assert len(choice.logprobs.tokens) == len(choice.logprobs.token_logprobs) == 6
+    assert all(1 <= len(top) <= 2 and lp <= 0  # <= 2: distinct ids may decode to the same text
+               for top, lp in zip(choice.logprobs.top_logprobs, choice.logprobs.token_logprobs))
+    streamed = list(client.completions.create(**kw, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == choice.text
+    assert streamed[-1].choices[0].finish_reason == "length"
+
+    chat_kw = dict(model=MODEL, messages=HELLO, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3,
+                   extra_body={"ignore_eos": True})
+    entries = client.chat.completions.create(**chat_kw).choices[0].logprobs.content
+    assert len(entries) == 5 and all(len(e.top_logprobs) == 3 and e.logprob <= 0 for e in entries)
+    assert all(e.top_logprobs[0].logprob == pytest.approx(e.logprob) for e in entries)  # greedy took the best
+    streamed_entries = [e for c in client.chat.completions.create(**chat_kw, stream=True)
+                        if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed_entries] == [(e.token, e.logprob) for e in entries]
+
+
+def test_sampling_options_are_applied(http, tiny_server):
+    greedy = {"model": MODEL, "prompt": "hello", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    text = http.post("/v1/completions", json=greedy).json()["choices"][0]["text"]
+    stop = text[3:5]
+    assert len(stop) == 2
+    cut = http.post("/v1/completions", json={**greedy, "stop": [stop]}).json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["text"] == text[:text.find(stop)]
+    vocab = tiny_server[1].engine.model_config.vocab_size
+    first = http.post("/v1/completions", json={**greedy, "stop_token_ids": list(range(vocab))}).json()
+    assert first["choices"][0]["finish_reason"] == "stop" and first["usage"]["completion_tokens"] == 1
+    seeded = {**greedy, "temperature": 1.0, "top_k": 50, "top_p": 0.9, "seed": 7}
+    a, b = (http.post("/v1/completions", json=seeded).json()["choices"][0]["text"] for _ in range(2))
+    assert a == b  # same seed, same text
+
+
+def test_models_health_and_metrics(client, tiny_server):
+    assert [m.id for m in client.models.list()] == [MODEL]
+    url, aengine = tiny_server
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}  # open without a key
+    client.completions.create(model=MODEL, prompt="hello", max_tokens=2)
+    wait_idle(aengine.engine)
+    r = httpx.get(f"{url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    values = {line.split()[0]: float(line.split()[1]) for line in r.text.splitlines() if not line.startswith("#")}
+    for counter in ("agentrt_requests_total", "agentrt_prompt_tokens_total", "agentrt_generation_tokens_total"):
+        assert values[counter] >= 1
+        assert f"# TYPE {counter} counter" in r.text
+    assert values["agentrt_prefix_cache_hit_tokens_total"] >= 0
+    assert values["agentrt_kv_blocks_free"] == values["agentrt_kv_blocks_total"] == aengine.engine.pool.num_blocks
+    assert values["agentrt_requests_running"] == values["agentrt_requests_waiting"] == 0
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+BAD_INPUTS = {
+    "malformed json": (CHAT, '{"model": "tiny", "messages": [', 400, None),
+    "missing messages": (CHAT, {"model": MODEL}, 400, None),
+    "messages not a list": (CHAT, {"model": MODEL, "messages": "hi"}, 400, None),
+    "max_tokens not an int": (CHAT, {"model": MODEL, "messages": HELLO, "max_tokens": "many"}, 400, None),
+    "image part": (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, None),
+    "unknown model": (CHAT, {"model": "gpt-9", "messages": HELLO}, 404, "model_not_found"),
+    "chat too long": (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "the dog " * 3000}]},
+                      400, "context_length_exceeded"),
+    "prompt too long": (COMPLETIONS, {"model": MODEL, "prompt": [5] * 3000}, 400, "context_length_exceeded"),
+    "zero max_tokens": (COMPLETIONS, {"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, None),
+    "negative max_tokens": (CHAT, {"model": MODEL, "messages": HELLO, "max_tokens": -5}, 400, None),
+    "negative max_tokens streamed": (CHAT, {"model": MODEL, "messages": HELLO, "max_completion_tokens": -1,
+                                            "stream": True}, 400, None),
+    "negative temperature": (CHAT, {"model": MODEL, "messages": HELLO, "temperature": -1}, 400, None),
+    "top_p zero": (COMPLETIONS, {"model": MODEL, "prompt": "hi", "top_p": 0}, 400, None),
+    "too many top_logprobs": (CHAT, {"model": MODEL, "messages": HELLO, "logprobs": True, "top_logprobs": 50},
+                              400, None),
+    "n=2": (CHAT, {"model": MODEL, "messages": HELLO, "n": 2}, 400, None),
+    "token id out of vocab": (COMPLETIONS, {"model": MODEL, "prompt": [10**6]}, 400, None),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gets_an_openai_error_and_the_server_keeps_serving(http, tiny_server, case):
+    path, body, status, code = BAD_INPUTS[case]
+    if isinstance(body, str):
+        r = http.post(path, content=body, headers={"Content-Type": "application/json"})
+    else:
+        r = http.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"] and error["code"] == code
+    assert "param" in error
+    wait_idle(tiny_server[1].engine)
+    assert_served(http)
+
+
+def test_openai_client_sees_typed_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=HELLO)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt=[5] * 3000)
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_api_key_is_required_on_v1_routes(tiny_server):
+    url = tiny_server[0]
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = httpx.post(f"{url}/v1/chat/completions", headers=headers, json={"model": MODEL, "messages": HELLO})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+# ---- program hints and tools ---------------------------------------------------------------------
+
+def test_program_hints_reach_the_engine_under_both_naming_schemes(client, tiny_server):
+    aengine = tiny_server[1]
+    client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, extra_body={
+        "program_id": "prog-1", "turn": 3, "is_last_turn": True, "tenant": "acme"})
+    assert aengine.hints[-1] == ProgramHint(program_id="prog-1", turn=3, is_last_turn=True, tenant="acme")
+    client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, extra_body={
+        "job_id": 42, "is_last_step": True, "this_func_call": "bash"})
+    assert aengine.hints[-1] == ProgramHint(program_id="42", is_last_turn=True)
+    client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_body={"job_id": "j7", "turn": 1})
+    assert aengine.hints[-1] == ProgramHint(program_id="j7", turn=1)
+
+
+def test_chat_with_tools_and_tool_messages(client, http):
+    plain = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    resp = client.chat.completions.create(model=MODEL, messages=HELLO, tools=TOOLS, max_tokens=16)
+    assert resp.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the tool listing is in the prompt
+    choice = resp.choices[0]
+    if choice.finish_reason == "tool_calls":
+        assert all(json.loads(c.function.arguments) is not None for c in choice.message.tool_calls)
+    else:
+        assert isinstance(choice.message.content, str) and not choice.message.tool_calls
+    history = HELLO + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": '{"cmd": "ls"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "README.md"}]
+    follow = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS, max_tokens=4)
+    assert follow.usage.prompt_tokens > resp.usage.prompt_tokens
+    with http.stream("POST", "/v1/chat/completions", json={"model": MODEL, "messages": history, "tools": TOOLS,
+                                                          "max_tokens": 8, "stream": True}) as r:
+        events = sse_events(r)
+    assert r.status_code == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+
+
+def test_hermes_text_becomes_openai_tool_calls():
+    text = ('Let me look.\n<tool_call>\n{"name": "bash", "arguments": {"cmd": "ls -la"}}\n</tool_call>\n'
+            '<tool_call>{"name": "read", "arguments": {"path": "a.py"}}</tool_call>')
+    content, calls = hermes_to_openai(text)
+    assert content == "Let me look.\n"
+    assert [c["function"] for c in calls] == [{"name": "bash", "arguments": '{"cmd": "ls -la"}'},
+                                              {"name": "read", "arguments": '{"path": "a.py"}'}]
+    assert all(c["type"] == "function" and c["id"].startswith("call_") for c in calls)
+    assert len({c["id"] for c in calls}) == 2
+    assert hermes_to_openai('<tool_call>{"name": "bash", "arguments": {}}</tool_call>')[0] is None
+    assert hermes_to_openai("just text") == ("just text", [])
+    assert hermes_to_openai("<tool_call>{not json</tool_call>") == ("<tool_call>{not json</tool_call>", [])
+    # streaming holds back whatever may still turn into a tool call
+    assert _streamable_content("Sure. <tool_") == "Sure. "
+    assert _streamable_content("Sure. <tool_call>{") == "Sure. "
+    assert _streamable_content("a < b") == "a < b"
+
+
+# ---- disconnects and start-up --------------------------------------------------------------------
+
+def test_client_disconnect_mid_stream_aborts_and_frees_kv(http, tiny_server):
+    engine = tiny_server[1].engine
+    before = engine.stats.num_generated_tokens
+    body = {"model": MODEL, "prompt": [5, 6, 7], "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=tiny_server[0], headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            events = (line for line in r.iter_lines() if line.startswith("data: "))
+            got = [json.loads(next(events).removeprefix("data: ")) for _ in range(3)]
+            assert r.status_code == 200 and all(e["choices"][0]["finish_reason"] is None for e in got)
+    wait_idle(engine)
+    assert engine.stats.num_generated_tokens - before < 2000  # aborted, not run to the end
+    engine.pool.check_integrity()
+    assert_served(http)
+
+
+def test_run_server_rejects_unknown_engine_options(tiny_model_dir):
+    with pytest.raises(ConfigError, match="no_such_option"):
+        run_server(model=str(tiny_model_dir), no_such_option=1)
+
+
+# ---- the real model ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_default_model_chat_streamed_equals_non_streamed(default_model_dir):
+    aengine = AsyncEngine(EngineConfig(model=str(default_model_dir)), kv_cache_tokens=4096)
+    with serve(create_app(aengine, "smollm", api_key=None)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        kw = dict(model="smollm", messages=[{"role": "user", "content": "What is the capital of France?"}],
+                  temperature=0, max_tokens=24)
+        resp = client.chat.completions.create(**kw)
+        text = resp.choices[0].message.content
+        assert "Paris" in text and resp.choices[0].finish_reason in ("stop", "length")
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**kw, stream=True))
+        assert streamed == text
+        wait_idle(aengine.engine)
