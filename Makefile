@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 run: install
-	$(PY) examples/chat.py
+	@mkdir -p artifacts
+	$(PY) -m agentrt run examples/explore_repo.py --programs 6 --db artifacts/main.db
 
 test: install
 	$(PY) -m pytest -q -ra

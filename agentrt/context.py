@@ -84,10 +84,13 @@ class Context:
         return [{"role": "system", "content": prompt}, *messages]
 
     async def chat(self, messages: list[dict] | None = None, *, tools: list[Tool | Callable] | None = None,
-                   tool_format: str | None = None, last_turn: bool = False, **sampling: Any) -> ChatReply:
+                   tool_format: str | None = None, last_turn: bool = False, prefill: str | None = None,
+                   **sampling: Any) -> ChatReply:
         """One LLM turn over `messages` (default: the conversation so far; if given, they replace it).
         The reply is appended to the conversation; tool calls in it are parsed into `reply.tool_calls`
-        (or `reply.format_error`, a message to send back)."""
+        (or `reply.format_error`, a message to send back). `prefill` makes the reply start with that
+        text (e.g. "```bash\n" to get a command out of a small model); sampling options
+        (max_tokens=..., stop=...) override the program's defaults for this turn."""
         if self.turn >= self.max_turns:
             raise TurnLimitReached(f"program {self.program_id} reached its limit of {self.max_turns} turns")
         if messages is not None:
@@ -106,7 +109,8 @@ class Context:
         hint = ProgramHint(self.program_id, self.turn, is_last, self.tenant)
         error = None
         try:
-            reply = await self.backend.chat(send, params, hint, specs if native and specs else None, self.last_tool)
+            reply = await self.backend.chat(send, params, hint, specs if native and specs else None, self.last_tool,
+                                            prefill)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
@@ -151,7 +155,8 @@ class Context:
         self.messages.append(self.observation(result))
         if self.store is not None:
             self.store.insert(ToolCallRow, {
-                "id": uuid.uuid4().hex, "program_id": self.program_id, "turn": self.turn, "name": call.name,
+                # the LLM turn whose reply asked for it (-1: called before any LLM turn)
+                "id": uuid.uuid4().hex, "program_id": self.program_id, "turn": self.turn - 1, "name": call.name,
                 "arguments": json.loads(json.dumps(call.arguments, default=str)), "started_at": result.started_at,
                 "finished_at": result.finished_at, "duration_s": result.duration_s, "ok": result.ok,
                 "exit_code": result.exit_code, "error": result.error,

@@ -156,6 +156,9 @@ class ChatCompletionRequest(_GenerationRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[ToolSpec] | None = None
+    # vLLM's extensions: continue the last (assistant) message instead of starting a new one
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
 
 
 class CompletionRequest(_GenerationRequest):
@@ -259,8 +262,15 @@ def _chat_prompt(server: _Server, req: ChatCompletionRequest) -> str:
             messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{tools_text}"}
         else:
             messages.insert(0, {"role": "system", "content": tools_text})
+    prefill = ""
+    if req.continue_final_message:
+        if messages[-1]["role"] != "assistant" or req.add_generation_prompt:
+            raise APIError(400, "continue_final_message needs a final assistant message and "
+                                "add_generation_prompt=false", param="continue_final_message")
+        prefill = messages.pop()["content"]
     try:
-        return server.aengine.engine.apply_chat_template(messages)
+        add_prompt = req.add_generation_prompt or req.continue_final_message
+        return server.aengine.engine.apply_chat_template(messages, add_generation_prompt=add_prompt) + prefill
     except (ValueError, jinja2.TemplateError) as exc:
         raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from None
 

@@ -4,8 +4,9 @@ Each program gets its own copy of this project's `engine/` package plus a small 
 directory (its sandbox), a question about it, and a mini-swe-agent-style loop: the model answers with
 one ```bash block per turn, the command runs for real (timeout, output cap), its output goes back,
 and so on until the model answers without a command, says COMPLETE_TASK_AND_SUBMIT, or hits the turn
-limit. A 135M model makes poor tool calls: format errors are fed back as mini-swe-agent does, and the
-turn limit ends the rest. Run with `agentrt run examples/explore_repo.py --programs 6`.
+limit. A 135M model makes poor tool calls, so the agent starts its acting turns inside the block
+(`prefill="```bash\n"`), format errors are fed back as mini-swe-agent does, and the turn limit ends
+the rest. Run with `agentrt run examples/explore_repo.py --programs 6`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ SYSTEM = (
     "```bash code block. You will see the command's output. Useful commands: ls, grep -rn, cat, head, "
     "wc -l, python -m pytest -q. When you know the answer, reply with the answer and no code block."
 )
+
+EXAMPLE = [
+    {"role": "user", "content": "How many lines does setup.py have?"},
+    {"role": "assistant", "content": "I will count them with wc.\n```bash\nwc -l setup.py\n```"},
+    {"role": "user", "content": "<returncode>0</returncode>\n<output>\n42 setup.py\n</output>"},
+    {"role": "assistant", "content": "setup.py has 42 lines."},
+]
 
 QUESTIONS = [
     "Which file defines the class BlockPool? Use grep to find it.",
@@ -72,15 +80,22 @@ async def agent(ctx, task):
                       env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                            "PYTHONPATH": task["workdir"]})
     ctx.system(SYSTEM)
+    ctx.messages += EXAMPLE  # one worked exchange: small models imitate far better than they follow rules
     ctx.user(task["question"])
+    act = True  # the next turn must be a command: start the reply inside a bash block
     for _ in range(ctx.max_turns):
-        reply = await ctx.chat(tools=[shell])
+        if act:
+            reply = await ctx.chat(tools=[shell], prefill="```bash\n", stop=["```"], include_stop_str_in_output=True)
+        else:
+            reply = await ctx.chat(tools=[shell])
         if reply.format_error:
             ctx.user(reply.format_error)
+            act = True
             continue
         if not reply.tool_calls:
             return reply.text
         result = await ctx.tool(reply.tool_calls[0])
         if "COMPLETE_TASK_AND_SUBMIT" in reply.tool_calls[0].arguments.get("command", ""):
             return result.output
+        act = False  # after an observation the model may answer, or act again
     return None  # turn limit

@@ -13,7 +13,8 @@ class BackendError(RuntimeError):
 
 class Backend:
     """`chat` must be safe to call from many programs at once. `native_tools` backends accept OpenAI
-    `tools` specs and return structured tool calls; the others get tools rendered into the prompt."""
+    `tools` specs and return structured tool calls; the others get tools rendered into the prompt.
+    `prefill` starts the assistant's reply with given text (the reply's text includes it)."""
 
     name = "base"
     native_tools = False
@@ -25,7 +26,8 @@ class Backend:
         return None
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
-                   tools: list[dict] | None = None, last_tool: str | None = None) -> ChatReply:
+                   tools: list[dict] | None = None, last_tool: str | None = None,
+                   prefill: str | None = None) -> ChatReply:
         raise NotImplementedError
 
     def end_program(self, program_id: str) -> None:

@@ -30,15 +30,16 @@ class EmbeddedBackend(Backend):
         await self.aengine.__aexit__(*exc_info)
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
-                   tools: list[dict] | None = None, last_tool: str | None = None) -> ChatReply:
+                   tools: list[dict] | None = None, last_tool: str | None = None,
+                   prefill: str | None = None) -> ChatReply:
         queued = time.time()
-        prompt = self.aengine.engine.apply_chat_template(messages)
+        prompt = self.aengine.engine.apply_chat_template(messages) + (prefill or "")
         out = await self.aengine.complete(prompt, params, hint=hint)
         wall, mono = time.time(), time.monotonic()
         m = out.metrics
         timings = LLMTimings(queued, _epoch(m.first_scheduled_time, wall, mono),
                              _epoch(m.first_token_time, wall, mono), _epoch(m.finish_time, wall, mono))
-        return ChatReply(out.text, out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
+        return ChatReply((prefill or "") + out.text, out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
                          len(out.token_ids), timings)
 
     def sample(self) -> dict:

@@ -104,11 +104,16 @@ class OpenAIBackend(Backend):
         raise BackendError(f"{resp.request.method} {resp.request.url} -> {resp.status_code}: {message}")
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
-                   tools: list[dict] | None = None, last_tool: str | None = None) -> ChatReply:
+                   tools: list[dict] | None = None, last_tool: str | None = None,
+                   prefill: str | None = None) -> ChatReply:
         if self.client is None:
             raise RuntimeError("use `async with OpenAIBackend(...)` before chat()")
         url = f"{self.router.route(hint.program_id)}/chat/completions"
+        if prefill:  # vLLM's (and agentrt serve's) way to continue a started assistant message
+            messages = [*messages, {"role": "assistant", "content": prefill}]
         body = request_body(self.model, messages, params, hint, tools, last_tool)
+        if prefill:
+            body.update(continue_final_message=True, add_generation_prompt=False)
         timings = LLMTimings(queued_at=time.time())
         text, finish, usage, tool_deltas = [], None, {}, {}
         try:
@@ -134,7 +139,7 @@ class OpenAIBackend(Backend):
         except httpx.HTTPError as exc:
             raise BackendError(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
         timings.finished_at = time.time()
-        reply = ChatReply("".join(text), finish, usage.get("prompt_tokens", 0),
+        reply = ChatReply((prefill or "") + "".join(text), finish, usage.get("prompt_tokens", 0),
                           (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
                           usage.get("completion_tokens", 0), timings)
         if tool_deltas:

@@ -21,9 +21,10 @@ class StubBackend(Backend):
         self.calls = 0
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
-                   tools: list[dict] | None = None, last_tool: str | None = None) -> ChatReply:
+                   tools: list[dict] | None = None, last_tool: str | None = None,
+                   prefill: str | None = None) -> ChatReply:
         now = time.time()
         self.calls += 1
-        text = self.reply(messages, hint)
+        text = (prefill or "") + self.reply(messages, hint)
         return ChatReply(text, "stop", sum(len(str(m.get("content", ""))) for m in messages) // 4, 0,
                          len(text) // 4, LLMTimings(now, now, now, now))
