@@ -53,6 +53,16 @@ def test_program_turns_and_tool_calls_land_in_the_store(tmp_path):
     assert any("EXACTLY ONE action" in (c["prompt"] or "") for c in calls)
 
 
+def test_tool_hooks_see_every_timed_result(tmp_path):
+    seen = []
+    backend = scripted(["```bash\necho one\n```", "```bash\nexit 4\n```", "done"])
+    Runtime(backend, tool_hooks=[lambda ctx, result: seen.append((ctx.program_id, result))]).run(
+        shell_agent, [str(tmp_path)] * 2)
+    assert len(seen) == 4 and len({pid for pid, _ in seen}) == 2
+    assert sorted(r.exit_code for _, r in seen) == [0, 0, 4, 4]
+    assert all(r.finished_at >= r.started_at > 0 for _, r in seen)
+
+
 def test_hints_carry_program_identity_and_last_turn():
     seen = []
 
