@@ -13,7 +13,7 @@ cancellation, error) aborts its request, which frees its KV blocks.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -89,15 +89,16 @@ class AsyncEngine:
             self._wakeup.set()
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-                       hint: ProgramHint | None = None, request_id: str | None = None, stream: bool = True
-                       ) -> AsyncIterator[RequestOutput]:
+                       hint: ProgramHint | None = None, request_id: str | None = None, stream: bool = True,
+                       retention: Callable[[RequestOutput], float] | None = None) -> AsyncIterator[RequestOutput]:
         """Yields a snapshot per new token (cumulative `text`, plus `delta_text`); the last has `finished`.
         With `stream=False` only the final snapshot comes (no per-token detokenization)."""
         if self._task_group is None:
             raise RuntimeError("use `async with AsyncEngine(...) as engine:` before generate()")
         if self._error is not None:
             raise RuntimeError(f"the engine loop failed: {self._error!r}") from self._error
-        req = self.engine.make_request(prompt, params, request_id=request_id, hint=hint, stream=stream)
+        req = self.engine.make_request(prompt, params, request_id=request_id, hint=hint, stream=stream,
+                                       retention=retention)
         rid = req.request_id
         if rid in self._streams:
             raise ValueError(f"request id {rid!r} is already in use")
@@ -118,9 +119,10 @@ class AsyncEngine:
                 self._abort(rid)
 
     async def complete(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-                       hint: ProgramHint | None = None) -> RequestOutput:
+                       hint: ProgramHint | None = None,
+                       retention: Callable[[RequestOutput], float] | None = None) -> RequestOutput:
         """Runs one request to completion and returns its final output."""
         last = None
-        async for last in self.generate(prompt, params, hint=hint, stream=False):
+        async for last in self.generate(prompt, params, hint=hint, stream=False, retention=retention):
             pass
         return last

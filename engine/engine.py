@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from engine.kv_manager import KVCacheManager
 from engine.model import LlamaModel, pick_linear, rope_inv_freq
 from engine.params import ProgramHint, SamplingParams
 from engine.request import Request, RequestOutput, RequestStatus
+from engine.retention import PinManager
 from engine.runner import ModelRunner
 from engine.sampler import sample
 from engine.scheduler import Scheduler, make_policy
@@ -37,6 +39,7 @@ class EngineStats:
     num_prefix_hit_tokens: int = 0  # of those, served from the prefix cache
     num_computed_tokens: int = 0  # tokens run through the model (prefill + decode + recompute)
     num_generated_tokens: int = 0
+    num_recomputed_prefill_tokens: int = 0  # a program's earlier context computed again in a later turn
     forward_s: float = 0.0  # time inside the model forward
     step_s: float = 0.0  # whole step time
 
@@ -100,8 +103,11 @@ class Engine:
         self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, num_blocks * bs)
         self.pool = BlockPool(num_blocks, cfg.enable_prefix_caching)
         self.kv = KVCacheManager(self.pool, bs)
+        self.pins = PinManager(self.pool)
         self.scheduler = Scheduler(self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs,
-                                   cfg.max_num_batched_tokens)
+                                   cfg.max_num_batched_tokens, self.pins)
+        self.program_context: dict[str, int] = {}  # tokens of each live program's last finished turn
+        self.queue_delay_s: float | None = None  # moving average of queueing of turns without a pin
         self.runner = ModelRunner(self.model, mc, num_blocks, bs, self.device, self.dtype, cfg.attention_backend)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.requests: dict[str, Request] = {}
@@ -127,15 +133,18 @@ class Engine:
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                     request_id: str | None = None, hint: ProgramHint | None = None,
-                    stream: bool = False) -> str:
-        """Queues a request; returns its id. `stream` makes `step()` report it after every token."""
-        req = self.make_request(prompt, params, request_id=request_id, hint=hint, stream=stream)
+                    stream: bool = False, retention: Callable[[RequestOutput], float] | None = None) -> str:
+        """Queues a request; returns its id. `stream` makes `step()` report it after every token.
+        `retention(final_output)` is asked, when a non-final turn of a program ends, for how many
+        seconds to pin the program's KV (0: don't)."""
+        req = self.make_request(prompt, params, request_id=request_id, hint=hint, stream=stream,
+                                retention=retention)
         self.submit(req)
         return req.request_id
 
     def make_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                      request_id: str | None = None, hint: ProgramHint | None = None,
-                     stream: bool = False) -> Request:
+                     stream: bool = False, retention: Callable[[RequestOutput], float] | None = None) -> Request:
         """Validates and tokenizes a request without touching the queues (safe while a step runs)."""
         params = params or SamplingParams()
         text, ids = self.encode_prompt(prompt)
@@ -146,7 +155,7 @@ class Engine:
                 f"prompt has {len(ids)} tokens; this engine holds at most {self.max_model_len} per request "
                 f"(prompt + output). Shorten the prompt or raise max_model_len / kv_cache_tokens.")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
-        return Request(rid, text, ids, params, hint, stream)
+        return Request(rid, text, ids, params, hint, stream, retention=retention)
 
     def submit(self, req: Request) -> None:
         if req.request_id in self.requests:
@@ -174,11 +183,9 @@ class Engine:
             if self.scheduler.waiting and not self.scheduler.running:
                 raise RuntimeError("scheduler made no progress with free KV blocks; this is a bug")
             return []
-        for req, n in zip(batch.requests, batch.num_new_tokens):
+        for req in batch.requests:
             if req.metrics.first_scheduled_time is None:
-                req.metrics.first_scheduled_time = time.monotonic()
-                self.stats.num_prompt_tokens += req.num_prompt_tokens
-                self.stats.num_prefix_hit_tokens += req.num_cached_tokens
+                self._first_scheduled(req)
         logits, sampling = self.runner.execute(batch.requests, batch.num_new_tokens)
         for req, n in zip(batch.requests, batch.num_new_tokens):
             req.num_computed_tokens += n
@@ -191,11 +198,13 @@ class Engine:
             if req.metrics.first_token_time is None:
                 req.metrics.first_token_time = now
             self._check_stop(req, tok)
+            out = self._output(req) if req.finished or req.stream else None
             if req.finished:
                 del self.requests[req.request_id]
+                self._retain(req, out)
                 self.scheduler.remove(req)
-            if req.finished or req.stream:
-                outputs.append(self._output(req))
+            if out is not None:
+                outputs.append(out)
         st = self.stats
         st.num_steps += 1
         st.num_computed_tokens += batch.num_tokens
@@ -205,6 +214,41 @@ class Engine:
         st.step_s += step_s
         self.last_step = StepInfo(len(batch.requests), batch.num_tokens, self.runner.last_forward_s, step_s)
         return outputs
+
+    def _first_scheduled(self, req: Request) -> None:
+        now = time.monotonic()
+        req.metrics.first_scheduled_time = now
+        st = self.stats
+        st.num_prompt_tokens += req.num_prompt_tokens
+        st.num_prefix_hit_tokens += req.num_cached_tokens
+        pid = req.hint.program_id
+        if pid is None:
+            return
+        before = self.program_context.get(pid)
+        if before is not None:  # a later turn: what of the earlier context had to be computed again
+            st.num_recomputed_prefill_tokens += max(0, min(before, req.num_prompt_tokens) - req.num_cached_tokens)
+        if not req.pin_hit:  # queueing of a turn whose KV was not held: the cost model's T
+            delay = now - req.metrics.arrival_time
+            self.queue_delay_s = delay if self.queue_delay_s is None else 0.9 * self.queue_delay_s + 0.1 * delay
+
+    def _retain(self, req: Request, out: RequestOutput) -> None:
+        """End of a program's turn: pin its KV for the TTL its retention callback gives, or, at the
+        program's last turn, drop everything held for it."""
+        pid = req.hint.program_id
+        if pid is None or req.finish_reason == "abort":
+            return
+        now = time.monotonic()
+        if req.hint.is_last_turn:
+            self.pins.end_program(pid, now)
+            self.scheduler.program_arrival.pop(pid, None)
+            self.program_context.pop(pid, None)
+            return
+        self.program_context[pid] = req.num_tokens
+        ttl = req.retention(out) if req.retention is not None else 0.0
+        if ttl > 0:
+            blocks = [b for b in req.blocks[:req.num_committed_blocks] if b.block_hash is not None]
+            arrival = self.scheduler.program_arrival.get(pid, req.metrics.arrival_time)
+            self.pins.pin(pid, blocks, ttl, now, arrival)
 
     def _check_stop(self, req: Request, tok: int) -> None:
         p = req.params

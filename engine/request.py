@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -49,11 +50,12 @@ class Request:
         "num_committed_blocks",
         "num_cached_tokens", "generator", "logprobs", "metrics", "stream",
         "text", "prefix_offset", "read_offset", "emitted_tokens", "emitted_text_len", "salt",
+        "retention", "pin_hit",
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
                  params: SamplingParams, hint: ProgramHint | None = None, stream: bool = False,
-                 arrival_time: float | None = None):
+                 arrival_time: float | None = None, retention: Callable[["RequestOutput"], float] | None = None):
         self.request_id = request_id
         self.prompt = prompt
         self.token_ids = list(prompt_token_ids)
@@ -76,6 +78,9 @@ class Request:
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.metrics = RequestMetrics(arrival_time if arrival_time is not None else time.monotonic())
         self.stream = stream
+        # at the end of a non-final turn: seconds to keep the program's KV pinned (engine/retention.py)
+        self.retention = retention
+        self.pin_hit = False  # admitted while its program held a pin
         # incremental detokenization state (used when streaming or matching stop strings)
         self.text = ""
         self.prefix_offset = max(self.num_prompt_tokens - 5, 0)

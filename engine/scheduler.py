@@ -4,15 +4,22 @@ One step mixes decodes and (chunked) prefills under a token budget. Running requ
 first in policy order; when their next slots don't fit, the lowest-priority running request is
 preempted (its blocks freed, its tokens kept, recomputed later). Waiting requests are admitted in
 policy order only in a step that preempted nothing, and only while blocks, sequence slots and
-budget last. Ordering is a pluggable `SchedulingPolicy`; `fcfs` orders by request arrival.
+budget last. Ordering is a pluggable `SchedulingPolicy`: `fcfs` orders by request arrival (vLLM);
+`program` (Continuum) serves requests of programs that hold a KV pin first, then orders by the
+arrival of the request's *program*, never of the request.
+KV pins (engine/retention.py) yield before any request does: expired pins are dropped at the start
+of a step (unless their program has a request waiting), and when blocks run out, pins are released
+(latest-arriving program first) before a running request is preempted or admission stops.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from engine.kv_manager import KVCacheManager
 from engine.request import Request, RequestStatus
+from engine.retention import PinManager
 
 
 class SchedulingPolicy:
@@ -20,7 +27,7 @@ class SchedulingPolicy:
 
     name = "base"
 
-    def key(self, req: Request) -> tuple:
+    def key(self, req: Request, sched: "Scheduler") -> tuple:
         raise NotImplementedError
 
 
@@ -29,11 +36,23 @@ class FCFSPolicy(SchedulingPolicy):
 
     name = "fcfs"
 
-    def key(self, req: Request) -> tuple:
+    def key(self, req: Request, sched: "Scheduler") -> tuple:
         return (req.metrics.arrival_time, req.seq_no)
 
 
-POLICIES: dict[str, type[SchedulingPolicy]] = {"fcfs": FCFSPolicy}
+class ProgramPolicy(SchedulingPolicy):
+    """Continuum: pinned programs first, then program-level FCFS (by the program's first arrival)."""
+
+    name = "program"
+
+    def key(self, req: Request, sched: "Scheduler") -> tuple:
+        pid = req.hint.program_id
+        pinned = pid is not None and pid in sched.pins.pins
+        arrival = sched.program_arrival.get(pid, req.metrics.arrival_time) if pid else req.metrics.arrival_time
+        return (not pinned, arrival, req.seq_no)
+
+
+POLICIES: dict[str, type[SchedulingPolicy]] = {"fcfs": FCFSPolicy, "program": ProgramPolicy}
 
 
 def make_policy(name: str) -> SchedulingPolicy:
@@ -56,8 +75,10 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, max_num_seqs: int,
-                 max_num_batched_tokens: int):
+                 max_num_batched_tokens: int, pins: PinManager | None = None):
         self.kv = kv
+        self.pins = pins or PinManager(kv.pool)
+        self.program_arrival: dict[str, float] = {}  # first arrival of each live program
         self.policy = policy
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -67,6 +88,8 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         req.status = RequestStatus.WAITING
+        if req.hint.program_id is not None:
+            self.program_arrival.setdefault(req.hint.program_id, req.metrics.arrival_time)
         self.waiting.append(req)
 
     def remove(self, req: Request) -> None:
@@ -90,15 +113,20 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
+        now = time.monotonic()
+        pins = self.pins
+        if pins.pins:
+            pins.expire(now, {r.hint.program_id for r in self.waiting if r.hint.program_id is not None})
         budget = self.max_num_batched_tokens
-        key = self.policy.key
-        self.running.sort(key=key)
+        self.running.sort(key=lambda r: self.policy.key(r, self))
         running = self.running
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             while not self.kv.allocate(req, n):
+                if pins.release_latest(now):
+                    continue
                 victim = running.pop()  # lowest priority; not yet scheduled in this step
                 self._preempt(victim, batch)
                 if victim is req:
@@ -110,22 +138,28 @@ class Scheduler:
                 i += 1
         if batch.preempted:
             return batch
-        self.waiting.sort(key=key)
+        self.waiting.sort(key=lambda r: self.policy.key(r, self))
         admitted = 0
         for req in self.waiting:
             if budget <= 0 or len(running) >= self.max_num_seqs:
                 break
+            pid = req.hint.program_id
             cached = self.kv.find_cached_prefix(req)
             n = min(req.num_tokens - len(cached) * self.kv.block_size, budget)
-            if not self.kv.allocate(req, n, cached):
-                break
-            if req.metrics.num_preemptions == 0:
-                req.num_cached_tokens = len(cached) * self.kv.block_size
-            req.status = RequestStatus.RUNNING
-            running.append(req)
-            batch.requests.append(req)
-            batch.num_new_tokens.append(n)
-            budget -= n
-            admitted += 1
+            while not self.kv.allocate(req, n, cached):
+                if not pins.release_latest(now, keep=pid):
+                    break
+            else:
+                req.pin_hit = pins.take(pid, now) or req.pin_hit
+                if req.metrics.num_preemptions == 0:
+                    req.num_cached_tokens = len(cached) * self.kv.block_size
+                req.status = RequestStatus.RUNNING
+                running.append(req)
+                batch.requests.append(req)
+                batch.num_new_tokens.append(n)
+                budget -= n
+                admitted += 1
+                continue
+            break
         del self.waiting[:admitted]
         return batch

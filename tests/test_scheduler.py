@@ -138,17 +138,23 @@ def test_abort_frees_blocks_of_running_and_waiting_requests(tiny_model_dir):
     budget=st.sampled_from([16, 32, 128]),
     shared=st.booleans(),
     abort_at=st.one_of(st.none(), st.integers(0, 6)),
+    pin_ttl=st.sampled_from([None, 30.0]),
+    policy=st.sampled_from(["fcfs", "program"]),
 )
 def test_random_workloads_finish_every_request_exactly_once(tiny_model_dir, lengths, out_tokens, kv_blocks,
-                                                             budget, shared, abort_at):
-    engine = make_engine(tiny_model_dir, kv_cache_tokens=kv_blocks * 16, max_num_batched_tokens=budget)
+                                                             budget, shared, abort_at, pin_ttl, policy):
+    """Random prompts, budgets, pool sizes, aborts, and programs pinning their KV between turns."""
+    engine = make_engine(tiny_model_dir, kv_cache_tokens=kv_blocks * 16, max_num_batched_tokens=budget,
+                         scheduling_policy=policy)
     params = SamplingParams(temperature=0.0, max_tokens=out_tokens, ignore_eos=True)
     base = prompt(70, 99)
     ids = []
     for i, n in enumerate(lengths):
         p = base[:n] if shared else prompt(n, i)
         if n + out_tokens <= engine.max_model_len:
-            ids.append(engine.add_request(p, params))
+            hint = ProgramHint(f"prog{i % 3}", turn=i // 3)
+            ids.append(engine.add_request(p, params, hint=hint,
+                                          retention=(lambda out: pin_ttl) if pin_ttl else None))
     done, aborted, step = {}, set(), 0
     while engine.has_unfinished_requests():
         if step == abort_at and ids:
@@ -162,4 +168,8 @@ def test_random_workloads_finish_every_request_exactly_once(tiny_model_dir, leng
         step += 1
     assert set(done) | aborted == set(ids) and not (set(done) & aborted)
     assert all(len(o.token_ids) == out_tokens and o.finish_reason == "length" for o in done.values())
+    assert engine.pool.num_free + engine.pins.num_pinned_blocks == engine.pool.num_blocks
+    for pid in list(engine.pins.pins):
+        engine.pins.end_program(pid, 0.0)
+    engine.pool.check_integrity()
     assert engine.pool.num_free == engine.pool.num_blocks
