@@ -88,6 +88,7 @@ class EngineConfig:
     attention_backend: str = "auto"  # auto | torch | cpu
     matmul: str = "auto"  # auto | torch | onednn (see engine.model.pick_linear)
     seed: int = 0
+    profile_reload: bool = False  # time prefills at start-up for the reload model (engine/reload.py)
     num_threads: int | None = None
 
     def validate(self) -> None:

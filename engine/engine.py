@@ -22,6 +22,7 @@ from engine.kv_manager import KVCacheManager
 from engine.model import LlamaModel, pick_linear, rope_inv_freq
 from engine.params import ProgramHint, SamplingParams
 from engine.request import Request, RequestOutput, RequestStatus
+from engine.reload import ReloadModel, profile_reload
 from engine.retention import PinManager
 from engine.runner import ModelRunner
 from engine.sampler import sample
@@ -114,6 +115,10 @@ class Engine:
         self.stats = EngineStats()
         self.last_step = StepInfo()
         self._ids = itertools.count()
+        self.reload_model: ReloadModel | None = None
+        if cfg.profile_reload:
+            self.reload_model = profile_reload(self)
+            self.stats = EngineStats()  # the profile's prefills are not the user's traffic
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -170,6 +175,14 @@ class Engine:
         self.scheduler.remove(req)
         self._finish(req, "abort")
         return self._output(req)
+
+    def reload_time_s(self, num_tokens: int) -> float:
+        """Estimated time to prefill `num_tokens` again: the profiled model, else this engine's
+        average forward time per computed token so far (0 before any step)."""
+        if self.reload_model is not None:
+            return self.reload_model(num_tokens)
+        st = self.stats
+        return st.forward_s / st.num_computed_tokens * num_tokens if st.num_computed_tokens else 0.0
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 from engine import Engine, ProgramHint, SamplingParams
 
 OUT = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
@@ -147,3 +149,19 @@ def test_running_requests_take_pinned_blocks_before_anyone_is_preempted(tiny_mod
     e.add_request(tokens(40, 2), long, hint=ProgramHint("B"))  # grows to 8 blocks; 7 are free
     finish(e)
     assert e.scheduler.num_preemptions == 0 and e.pins.stats.forced_releases == 1 and not e.pins.pins
+
+
+def test_reload_model_is_profiled_and_grows_with_context(tiny_model_dir):
+    from engine.reload import ReloadModel
+
+    e = make_engine(tiny_model_dir, profile_reload=True)
+    m = e.reload_model
+    assert m is not None and m(2000) > m(100) >= 0 and e.reload_time_s(500) == m(500)
+    assert e.stats.num_steps == 0 and e.pool.num_free == e.pool.num_blocks
+    fit = ReloadModel.fit([100, 200, 400, 800], [0.1 + 1e-3 * n + 1e-6 * n * n for n in (100, 200, 400, 800)])
+    assert fit(1000) == pytest.approx(0.1 + 1.0 + 1.0, rel=1e-6)
+    lazy = make_engine(tiny_model_dir)
+    assert lazy.reload_time_s(100) == 0.0  # no data yet
+    lazy.add_request(tokens(50, 1), OUT)
+    finish(lazy)
+    assert lazy.reload_time_s(100) > 0
