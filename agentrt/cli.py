@@ -3,6 +3,7 @@
     agentrt run AGENT.py [--programs N] [--rate R] [--backend embedded|openai --base-url URL ...] [--db URL]
     agentrt report [--db URL] [--run ID] [--json]
     agentrt serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    agentrt bench jct --traces DIR [--programs N] [--rate R] [--policy P ...] [--kv-blocks K] [--json OUT]
 
 AGENT.py defines `async def agent(ctx, task)` and optionally `tasks` (a list, or a function of the
 number of programs returning one) and `RUNTIME`, a dict of `Runtime` options (tools, tool_format,
@@ -87,6 +88,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_bench_jct(args) -> int:
+    from agentrt.bench_jct import main as bench_jct
+
+    bench_jct(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="agentrt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -113,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--run", help="run id or prefix (default: the latest run)")
     rep.add_argument("--json", action="store_true")
     rep.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    jct = bench.add_parser("jct", help="replay recorded agent sessions under each serving policy")
+    from agentrt.bench_jct import add_arguments
+
+    add_arguments(jct)
+    jct.set_defaults(func=cmd_bench_jct)
 
     srv = sub.add_parser("serve", help="OpenAI-compatible server over the embedded engine")
     srv.add_argument("--model", help="model directory or .gguf (default: SmolLM2-135M-Instruct)")

@@ -26,9 +26,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.params import ProgramHint, SamplingParams
+from toolpredict.ttl import TTLDecision
 
 from agentrt import toolcalls
 from agentrt.backends.base import Backend
+from agentrt.retention import Retention
 from agentrt.store import LLMCall, Store, ToolCallRow
 from agentrt.tools import Tool, ToolBox
 from agentrt.types import ChatReply, ToolCall, ToolResult
@@ -45,7 +47,8 @@ class Context:
     def __init__(self, program_id: str, task: Any, backend: Backend, *, store: Store | None = None,
                  tools: list[Tool | Callable] = (), tool_format: str = "openai", max_turns: int = 20,
                  tenant: str | None = None, sampling: SamplingParams | None = None,
-                 tool_hooks: list["ToolHook"] = (), max_output_chars: int = 10_000):
+                 tool_hooks: list["ToolHook"] = (), max_output_chars: int = 10_000,
+                 retention: Retention | None = None):
         self.program_id = program_id
         self.task = task
         self.backend = backend
@@ -60,6 +63,8 @@ class Context:
         self.messages: list[dict] = []
         self.turn = 0  # LLM calls made so far
         self.last_tool: str | None = None
+        self.retention = retention
+        self._decision: tuple[ToolCall, TTLDecision] | None = None  # the TTL given for the coming tool call
 
     # ---- conversation helpers ----------------------------------------------------------------
 
@@ -85,12 +90,14 @@ class Context:
 
     async def chat(self, messages: list[dict] | None = None, *, tools: list[Tool | Callable] | None = None,
                    tool_format: str | None = None, last_turn: bool = False, prefill: str | None = None,
-                   **sampling: Any) -> ChatReply:
+                   next_tool_call: ToolCall | None = None, **sampling: Any) -> ChatReply:
         """One LLM turn over `messages` (default: the conversation so far; if given, they replace it).
         The reply is appended to the conversation; tool calls in it are parsed into `reply.tool_calls`
         (or `reply.format_error`, a message to send back). `prefill` makes the reply start with that
         text (e.g. "```bash\n" to get a command out of a small model); sampling options
-        (max_tokens=..., stop=...) override the program's defaults for this turn."""
+        (max_tokens=..., stop=...) override the program's defaults for this turn. With a runtime
+        retention policy, a non-final turn's KV is kept for the TTL predicted for the tool call that
+        follows: `next_tool_call` when the agent knows it, else the first call parsed from the reply."""
         if self.turn >= self.max_turns:
             raise TurnLimitReached(f"program {self.program_id} reached its limit of {self.max_turns} turns")
         if messages is not None:
@@ -107,10 +114,11 @@ class Context:
         params = dataclasses.replace(self.sampling, **sampling) if sampling else self.sampling
         is_last = last_turn or self.turn == self.max_turns - 1
         hint = ProgramHint(self.program_id, self.turn, is_last, self.tenant)
+        retention = self._retention_callback(fmt, prefill, next_tool_call) if self.retention and not is_last else None
         error = None
         try:
             reply = await self.backend.chat(send, params, hint, specs if native and specs else None, self.last_tool,
-                                            prefill)
+                                            prefill, retention)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
@@ -127,6 +135,19 @@ class Context:
         self.messages.append(message)
         self._record_llm(hint, reply, send, None)
         return reply
+
+    def _retention_callback(self, fmt: str, prefill: str | None, call: ToolCall | None) -> Callable:
+        def ttl_s(out) -> float:  # runs in the engine thread when the turn ends
+            nonlocal call
+            if call is None and fmt in toolcalls.FORMATS:
+                calls, _ = toolcalls.parse(fmt, (prefill or "") + out.text)
+                call = calls[0] if calls else None
+            if call is None:
+                return 0.0
+            decision = self.retention.ttl_for(self.program_id, call, len(out.prompt_token_ids) + len(out.token_ids))
+            self._decision = (call, decision)
+            return decision.ttl_s
+        return ttl_s
 
     def _record_llm(self, hint: ProgramHint, reply: ChatReply | None, sent: list[dict], error: str | None) -> None:
         if self.store is None:
@@ -152,6 +173,8 @@ class Context:
             call = ToolCall(call, arguments, "call_" + uuid.uuid4().hex[:24])
         result = await self.toolbox.run(call)
         self.last_tool = call.name
+        decision = self._decision[1] if self._decision and self._decision[0].name == call.name else None
+        self._decision = None
         self.messages.append(self.observation(result))
         if self.store is not None:
             self.store.insert(ToolCallRow, {
@@ -160,7 +183,9 @@ class Context:
                 "arguments": json.loads(json.dumps(call.arguments, default=str)), "started_at": result.started_at,
                 "finished_at": result.finished_at, "duration_s": result.duration_s, "ok": result.ok,
                 "exit_code": result.exit_code, "error": result.error,
-                "output": result.output[: self.max_output_chars], "predicted_duration_s": None, "ttl_s": None,
+                "output": result.output[: self.max_output_chars],
+                "predicted_duration_s": decision.predicted_median_s if decision else None,
+                "ttl_s": decision.ttl_s if decision else None,
             })
         for hook in self.tool_hooks:
             hook(self, result)

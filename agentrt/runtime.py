@@ -25,6 +25,7 @@ from engine.params import SamplingParams
 
 from agentrt.backends.base import Backend
 from agentrt.context import Context, TurnLimitReached
+from agentrt.retention import Retention
 from agentrt.store import EngineSample, Program, Run, Store
 from agentrt.tools import Tool
 
@@ -83,13 +84,16 @@ class Runtime:
                  tools: list[Tool | Callable] = (), tool_format: str = "openai", max_turns: int = 20,
                  time_limit_s: float | None = None, sampling: SamplingParams | None = None,
                  tenant: str | None = None, tool_hooks: list[Callable] = (), sample_interval_s: float = 0.5,
-                 progress: bool = False, name: str | None = None):
+                 progress: bool = False, name: str | None = None, retention: Retention | None = None):
         self.backend = backend
         self.store = store or (Store(db) if db else None)
         self._owns_store = store is None and db is not None
         self.tools = list(tools)
         self.tool_format, self.max_turns, self.time_limit_s = tool_format, max_turns, time_limit_s
         self.sampling, self.tenant, self.tool_hooks = sampling, tenant, list(tool_hooks)
+        self.retention = retention
+        if retention is not None:  # finished tool calls teach the duration predictor online
+            self.tool_hooks.append(lambda ctx, result: retention.observe(ctx.program_id, result))
         self.sample_interval_s, self.progress, self.name = sample_interval_s, progress, name
         self._cancel: anyio.CancelScope | None = None
 
@@ -160,7 +164,8 @@ class Runtime:
         await anyio.sleep(max(0.0, arrival_at - time.time()))
         pid = uuid.uuid4().hex
         ctx = Context(pid, task, self.backend, store=self.store, tools=self.tools, tool_format=self.tool_format,
-                      max_turns=self.max_turns, tenant=self.tenant, sampling=self.sampling, tool_hooks=self.tool_hooks)
+                      max_turns=self.max_turns, tenant=self.tenant, sampling=self.sampling, tool_hooks=self.tool_hooks,
+                      retention=self.retention)
         res = ProgramResult(pid, index, task, "running", arrival_at=arrival_at, started_at=time.time())
         results[index] = res
         if self.store:
@@ -184,6 +189,8 @@ class Runtime:
             res.finished_at = time.time()
             res.turns = ctx.turn
             self.backend.end_program(pid)
+            if self.retention is not None:
+                self.retention.program_finished(pid, ctx.turn)
             if self.store:
                 self.store.update(Program, pid, {
                     "status": res.status, "finished_at": res.finished_at, "jct_s": res.jct_s, "turns": res.turns,

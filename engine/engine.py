@@ -259,7 +259,10 @@ class Engine:
         self.program_context[pid] = req.num_tokens
         ttl = req.retention(out) if req.retention is not None else 0.0
         if ttl > 0:
-            blocks = [b for b in req.blocks[:req.num_committed_blocks] if b.block_hash is not None]
+            # pin what the next turn will find: the indexed block of each prefix hash (a block this
+            # request computed twice, alongside another request, is not the indexed one)
+            found = (self.pool.lookup(h) for h in req.block_hashes[:req.num_committed_blocks])
+            blocks = [b for b in found if b is not None]
             arrival = self.scheduler.program_arrival.get(pid, req.metrics.arrival_time)
             self.pins.pin(pid, blocks, ttl, now, arrival)
 

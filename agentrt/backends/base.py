@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from engine.params import ProgramHint, SamplingParams
 
 from agentrt.types import ChatReply
@@ -14,7 +16,9 @@ class BackendError(RuntimeError):
 class Backend:
     """`chat` must be safe to call from many programs at once. `native_tools` backends accept OpenAI
     `tools` specs and return structured tool calls; the others get tools rendered into the prompt.
-    `prefill` starts the assistant's reply with given text (the reply's text includes it)."""
+    `prefill` starts the assistant's reply with given text (the reply's text includes it).
+    `retention(final_output) -> seconds` is how long to keep the program's KV after this turn; only
+    a backend that owns the engine can honour it (the others ignore it)."""
 
     name = "base"
     native_tools = False
@@ -27,7 +31,7 @@ class Backend:
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
                    tools: list[dict] | None = None, last_tool: str | None = None,
-                   prefill: str | None = None) -> ChatReply:
+                   prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
         raise NotImplementedError
 
     def end_program(self, program_id: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import time
 
 from engine import AsyncEngine, EngineConfig
@@ -31,10 +33,10 @@ class EmbeddedBackend(Backend):
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
                    tools: list[dict] | None = None, last_tool: str | None = None,
-                   prefill: str | None = None) -> ChatReply:
+                   prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
         queued = time.time()
         prompt = self.aengine.engine.apply_chat_template(messages) + (prefill or "")
-        out = await self.aengine.complete(prompt, params, hint=hint)
+        out = await self.aengine.complete(prompt, params, hint=hint, retention=retention)
         wall, mono = time.time(), time.monotonic()
         m = out.metrics
         timings = LLMTimings(queued, _epoch(m.first_scheduled_time, wall, mono),

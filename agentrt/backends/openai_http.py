@@ -8,6 +8,8 @@ lives (its KV is there); a new program goes to the server with the fewest live p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 import time
 
@@ -105,7 +107,7 @@ class OpenAIBackend(Backend):
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
                    tools: list[dict] | None = None, last_tool: str | None = None,
-                   prefill: str | None = None) -> ChatReply:
+                   prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
         if self.client is None:
             raise RuntimeError("use `async with OpenAIBackend(...)` before chat()")
         url = f"{self.router.route(hint.program_id)}/chat/completions"

@@ -22,7 +22,7 @@ class StubBackend(Backend):
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
                    tools: list[dict] | None = None, last_tool: str | None = None,
-                   prefill: str | None = None) -> ChatReply:
+                   prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
         now = time.time()
         self.calls += 1
         text = (prefill or "") + self.reply(messages, hint)

@@ -1,0 +1,134 @@
+"""The JCT benchmark: recorded agent sessions replayed as programs under each serving policy.
+
+    agentrt bench jct --traces DIR [--programs N] [--rate R] [--policy P ...] [--kv-blocks K] [--json OUT]
+
+Every policy replays the same sessions (agentrt/replay.py: same scaled prompts, output lengths and
+tool pauses, same Poisson arrival times) through the runtime on a fresh embedded engine whose KV
+pool holds `kv-blocks` blocks, so programs compete for memory. Policies:
+  vllm             request FCFS, KV freed at the end of every request (LRU prefix cache only)
+  program          program-level FCFS, no pins
+  continuum-fixed  program-level FCFS + the released Continuum rule (pin 2 s if the tool's mean <= 2 s,
+                   mean per tool name)
+  continuum        program-level FCFS + the paper's cost model on a per-tool-name ECDF
+  agentrt          program-level FCFS + the cost model on the learned, feature-based distribution
+Predictors start from the real timings shipped in toolpredict/data and learn online during the run.
+Per policy: mean / p50 / p95 JCT, makespan, programs per minute, pin hit rate (pins whose program
+came back before release), pinned block-seconds, recomputed prefill tokens (earlier context of a
+program computed again in a later turn), forced releases and expiries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from engine.params import SamplingParams
+from toolpredict.features import read_records
+from toolpredict.predictors import make_predictor
+from toolpredict.ttl import TTLAdvisor, make_policy
+
+from agentrt.backends import EmbeddedBackend
+from agentrt.replay import ReplaySession, load_sessions, replay_agent
+from agentrt.report import percentile
+from agentrt.retention import Retention
+from agentrt.runtime import Runtime
+
+POLICIES = {  # name: (scheduling policy, TTL policy or None)
+    "vllm": ("fcfs", None),
+    "program": ("program", None),
+    "continuum-fixed": ("program", "fixed"),
+    "continuum": ("program", "cost-model"),
+    "agentrt": ("program", "learned"),
+}
+PRIOR_TIMINGS = Path(__file__).resolve().parent.parent / "toolpredict" / "data" / "tool_timings.jsonl"
+
+
+def make_retention(ttl: str, engine, prior: Path | None) -> Retention:
+    policy = make_policy(ttl)
+    predictor = make_predictor(policy.predictor_name)
+    if prior is not None and prior.exists():
+        predictor.fit(read_records(prior))
+    return Retention(TTLAdvisor(policy, predictor), engine)
+
+
+def run_policy(name: str, sessions: list[ReplaySession], args) -> dict:
+    scheduling, ttl = POLICIES[name]
+    backend = EmbeddedBackend(model=args.model, kv_cache_tokens=args.kv_blocks * 16, scheduling_policy=scheduling,
+                              max_num_seqs=args.max_num_seqs, profile_reload=ttl is not None)
+    engine = backend.aengine.engine
+    retention = make_retention(ttl, engine, Path(args.prior) if args.prior else None) if ttl else None
+    rt = Runtime(backend, retention=retention, tool_format="bash", max_turns=10_000, db=args.db, name=f"jct-{name}",
+                 sampling=SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
+    t0 = time.perf_counter()
+    res = rt.run(replay_agent, sessions, rate=args.rate, seed=args.seed)
+    wall = time.perf_counter() - t0
+    jcts = [p.jct_s for p in res.programs if p.status == "finished"]
+    pins = engine.pins.stats
+    return {
+        "programs": len(res.programs), "finished": len(jcts),
+        "failed": [p.error for p in res.programs if p.status != "finished"][:3],
+        "mean_jct_s": statistics.mean(jcts) if jcts else None,
+        "p50_jct_s": percentile(jcts, 50), "p95_jct_s": percentile(jcts, 95),
+        "makespan_s": res.makespan_s, "programs_per_min": 60 * len(jcts) / res.makespan_s if res.makespan_s else None,
+        "pins": pins.pins, "pin_hits": pins.hits,
+        "pin_hit_rate": pins.hits / pins.pins if pins.pins else None,
+        "pin_expiries": pins.expiries, "pin_forced_releases": pins.forced_releases,
+        "pinned_block_seconds": pins.pinned_block_seconds,
+        "recomputed_prefill_tokens": engine.stats.num_recomputed_prefill_tokens,
+        "prefix_hit_tokens": engine.stats.num_prefix_hit_tokens, "prompt_tokens": engine.stats.num_prompt_tokens,
+        "preemptions": engine.scheduler.num_preemptions, "wall_s": wall,
+    }
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--traces", required=True, help="directory of recorded sessions (*.jsonl)")
+    ap.add_argument("--programs", type=int, help="programs to run (default: one per session; more cycle them)")
+    ap.add_argument("--rate", type=float, default=0.5, help="Poisson arrivals, programs per second")
+    ap.add_argument("--policy", action="append", choices=sorted(POLICIES), help="repeatable; default: all")
+    ap.add_argument("--kv-blocks", type=int, default=768, help="KV pool size in 16-token blocks")
+    ap.add_argument("--max-num-seqs", type=int, default=32)
+    ap.add_argument("--scale", type=float, default=0.1, help="share of each recorded text segment kept")
+    ap.add_argument("--max-output-tokens", type=int, default=32)
+    ap.add_argument("--max-turns", type=int, default=30)
+    ap.add_argument("--max-context-tokens", type=int, default=3000)
+    ap.add_argument("--tool-time-scale", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--prior", default=str(PRIOR_TIMINGS), help="JSONL of real tool timings to pre-train predictors")
+    ap.add_argument("--db", help="also store every run in this database")
+    ap.add_argument("--json", help="write the figures here")
+
+
+def main(args) -> dict:
+    from engine.loader import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(args.model))
+    sessions = load_sessions(args.traces, tokenizer, scale=args.scale, max_output_tokens=args.max_output_tokens,
+                             max_turns=args.max_turns, max_context_tokens=args.max_context_tokens,
+                             tool_time_scale=args.tool_time_scale, seed=args.seed)
+    n = args.programs or len(sessions)
+    programs = [sessions[i % len(sessions)] for i in range(n)]
+    turns = sum(len(s.turns) for s in programs)
+    pause = sum(t.pause_s for s in programs for t in s.turns)
+    print(f"{n} programs from {len(sessions)} sessions in {args.traces}: {turns} turns, {pause:.0f} s of tool time; "
+          f"rate {args.rate}/s, KV pool {args.kv_blocks} blocks x 16 tokens", flush=True)
+    out = {"traces": str(args.traces), "programs": n, "turns": turns, "tool_time_s": pause, "rate": args.rate,
+           "kv_blocks": args.kv_blocks, "scale": args.scale, "max_output_tokens": args.max_output_tokens,
+           "max_context_tokens": args.max_context_tokens, "seed": args.seed, "policies": {}}
+    for name in args.policy or list(POLICIES):
+        r = run_policy(name, programs, args)
+        out["policies"][name] = r
+        print(f"{name:>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "
+              f"makespan {r['makespan_s']:.1f} s  {r['programs_per_min']:.1f} programs/min  "
+              f"pin hits {r['pin_hits']}/{r['pins']}  recomputed {r['recomputed_prefill_tokens']} tokens  "
+              f"({r['wall_s']:.0f} s)", flush=True)
+    base = out["policies"].get("vllm")
+    if base and base["mean_jct_s"]:
+        for name, r in out["policies"].items():
+            r["mean_jct_vs_vllm"] = base["mean_jct_s"] / r["mean_jct_s"] if r["mean_jct_s"] else None
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out

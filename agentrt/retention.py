@@ -1,0 +1,61 @@
+"""Between-turn KV retention for the runtime: predict a tool call's duration, turn it into a TTL.
+
+When a program's non-final turn ends, the engine asks the request's retention callback how long to
+pin the program's KV. `Retention.ttl_for` answers from the tool call that follows (named by the
+agent, or parsed from the reply), the program's own earlier tool durations, and the engine's
+figures: T (queueing delay of turns whose KV was not held), η (memoryfulness of finished programs'
+turn counts) and reload(r) (time to re-prefill this context). Finished tool calls feed the
+predictor online (`observe`, a runtime tool hook). The callback runs in the engine's worker thread
+while the event loop may be updating the predictor, hence the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from toolpredict.features import ToolCallRecord
+from toolpredict.ttl import TTLAdvisor, TTLContext, TTLDecision, make_advisor, memoryfulness
+
+from agentrt.types import ToolCall, ToolResult
+
+if TYPE_CHECKING:
+    from engine import Engine
+
+
+class Retention:
+    def __init__(self, advisor: TTLAdvisor | str, engine: "Engine", default_queue_delay_s: float = 0.0):
+        self.advisor = make_advisor(advisor) if isinstance(advisor, str) else advisor
+        self.engine = engine
+        self.default_queue_delay_s = default_queue_delay_s
+        self.histories: dict[str, list[ToolCallRecord]] = {}
+        self.turn_counts: list[int] = []
+        self._lock = threading.Lock()
+
+    @property
+    def policy_name(self) -> str:
+        return self.advisor.policy.name
+
+    def context(self, context_tokens: int) -> TTLContext:
+        e = self.engine
+        queue = e.queue_delay_s if e.queue_delay_s is not None else self.default_queue_delay_s
+        return TTLContext(queue_delay_s=queue, eta=memoryfulness(self.turn_counts),
+                          reload_s=e.reload_time_s(context_tokens))
+
+    def ttl_for(self, program_id: str, call: ToolCall, context_tokens: int) -> TTLDecision:
+        with self._lock:
+            history = list(self.histories.get(program_id, ()))
+            return self.advisor.decide(call.name, call.arguments, history, self.context(context_tokens))
+
+    def observe(self, program_id: str, result: ToolResult) -> None:
+        history = self.histories.setdefault(program_id, [])
+        record = ToolCallRecord(result.call.name, dict(result.call.arguments), result.duration_s, program_id,
+                                len(history))
+        with self._lock:
+            history.append(record)
+            self.advisor.observe(record)
+
+    def program_finished(self, program_id: str, turns: int) -> None:
+        self.histories.pop(program_id, None)
+        if turns:
+            self.turn_counts.append(turns)

@@ -1,0 +1,91 @@
+"""Trace replay and KV retention through the runtime: loading recorded sessions, pins from predicted
+tool durations, and (slow) a small replay on the real model against the vLLM-style policy."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import pytest
+
+from agentrt import EmbeddedBackend, Runtime, SamplingParams, ToolCall
+from agentrt.replay import bucket_pause_s, load_sessions
+from agentrt.retention import Retention
+from agentrt.store import ToolCallRow, read_rows
+from engine.loader import load_tokenizer
+
+TRACES = Path(__file__).parent / "data" / "agent-traces-sample"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load_tokenizer(tiny_model_dir)
+
+
+def test_sessions_load_sorted_scaled_and_seeded(tokenizer):
+    sessions = load_sessions(TRACES, tokenizer, scale=0.05, max_output_tokens=16, max_context_tokens=100_000)
+    assert [len(s.turns) for s in sorted(sessions, key=lambda s: len(s.turns))] == [6, 8, 9]
+    for s in sessions:
+        assert s.source == "agent-traces-sample" and s.turns[-1].pause_s == 0.0
+        assert all(t.pause_s >= 0 and 1 <= t.output_tokens <= 16 for t in s.turns)
+        assert all(t.command for t in s.turns[:-1])  # mini-swe-agent acts with a bash block every turn
+    again = load_sessions(TRACES, tokenizer, scale=0.05, max_output_tokens=16, max_context_tokens=100_000)
+    assert [t.pause_s for s in again for t in s.turns] == [t.pause_s for s in sessions for t in s.turns]
+    capped = load_sessions(TRACES, tokenizer, scale=0.05, max_turns=3, max_context_tokens=100_000)
+    assert all(len(s.turns) == 3 for s in capped)
+    small = load_sessions(TRACES, tokenizer, scale=0.05, max_context_tokens=400)
+    assert all(len(s.turns) < 6 for s in small)
+
+
+def test_bucket_pauses_follow_the_swe_table():
+    rng = random.Random(0)
+    cat = sorted(bucket_pause_s("cat README.md", rng) for _ in range(400))
+    pytest_runs = sorted(bucket_pause_s("python -m pytest tests/test_x.py", rng) for _ in range(400))
+    assert 0.1 < cat[200] < 0.4  # bash::light::cat median 0.18 s
+    assert pytest_runs[200] > 3 * cat[200]
+
+
+def test_retention_pins_with_predicted_ttls_and_records_them(tmp_path, tiny_model_dir):
+    db = str(tmp_path / "ret.db")
+    backend = EmbeddedBackend(model=str(tiny_model_dir), kv_cache_tokens=4096, scheduling_policy="program")
+    engine = backend.aengine.engine
+    retention = Retention("fixed", engine)  # per-tool mean: 2 s pins while bash calls are short
+
+    async def agent(ctx, task):
+        ctx.user("start")
+        for i in range(3):
+            call = ToolCall("bash", {"command": "true"}, f"c{i}")
+            await ctx.chat(max_tokens=4, ignore_eos=True, next_tool_call=call, last_turn=(i == 2))
+            if i < 2:
+                await ctx.tool(call)
+
+    from agentrt import ShellTool
+
+    rt = Runtime(backend, db=db, retention=retention, tools=[ShellTool(tmp_path)], tool_format="bash",
+                 sampling=SamplingParams(temperature=0.0, max_tokens=4))
+    res = rt.run(agent, range(3))
+    assert [p.status for p in res.programs] == ["finished"] * 3
+    stats = engine.pins.stats
+    assert stats.pins == 6 and stats.hits == 6 and not engine.pins.pins  # every next turn came back in time
+    rows = read_rows(db, ToolCallRow)
+    assert len(rows) == 6 and all(r["ttl_s"] == 2.0 and r["predicted_duration_s"] is not None for r in rows[1:])
+    assert retention.turn_counts == [3, 3, 3] and not retention.histories
+    assert engine.pool.num_free == engine.pool.num_blocks
+
+
+@pytest.mark.slow
+def test_small_replay_agentrt_recomputes_less_than_vllm(default_model_dir):
+    from agentrt.bench_jct import run_policy
+    from engine.loader import load_tokenizer as tok_of
+
+    sessions = load_sessions(TRACES, tok_of(default_model_dir), scale=0.08, max_output_tokens=12,
+                             max_context_tokens=1200, tool_time_scale=0.5)
+    args = argparse.Namespace(model=str(default_model_dir), kv_blocks=72, max_num_seqs=8, prior=None, db=None,
+                              rate=4.0, seed=0)
+    programs = sessions * 2
+    vllm = run_policy("vllm", programs, args)
+    ours = run_policy("agentrt", programs, args)
+    assert vllm["finished"] == ours["finished"] == len(programs)
+    assert ours["pins"] > 0 and ours["pin_hits"] > 0
+    assert ours["recomputed_prefill_tokens"] < vllm["recomputed_prefill_tokens"]
