@@ -10,8 +10,10 @@ pool holds `kv-blocks` blocks, so programs compete for memory. Policies:
   continuum-fixed  program-level FCFS + the released Continuum rule (pin 2 s if the tool's mean <= 2 s,
                    mean per tool name)
   continuum        program-level FCFS + the paper's cost model on a per-tool-name ECDF
-  agentrt          program-level FCFS + the cost model on the learned, feature-based distribution
-Predictors start from the real timings shipped in toolpredict/data and learn online during the run.
+  agentrt          program-level FCFS + the cost model on the learned, feature-based distribution, with
+                   a pin's cost scaled by how full the KV pool is (agentrt/retention.py)
+Predictors start from a prior (by default the same sessions' commands with independently drawn
+durations: the history a deployment would have) and learn online during the run.
 Per policy: mean / p50 / p95 JCT, makespan, programs per minute, pin hit rate (pins whose program
 came back before release), pinned block-seconds, recomputed prefill tokens (earlier context of a
 program computed again in a later turn), forced releases and expiries.
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 from engine.params import SamplingParams
-from toolpredict.features import read_records
+from toolpredict.features import ToolCallRecord, read_records
 from toolpredict.predictors import make_predictor
 from toolpredict.ttl import TTLAdvisor, make_policy
 
@@ -43,23 +45,26 @@ POLICIES = {  # name: (scheduling policy, TTL policy or None)
     "continuum": ("program", "cost-model"),
     "agentrt": ("program", "learned"),
 }
-PRIOR_TIMINGS = Path(__file__).resolve().parent.parent / "toolpredict" / "data" / "tool_timings.jsonl"
 
 
-def make_retention(ttl: str, engine, prior: Path | None) -> Retention:
+def replay_prior(sessions: list[ReplaySession]) -> list[ToolCallRecord]:
+    """Tool calls of the workload with their durations: what a deployment has seen before."""
+    return [ToolCallRecord("bash", {"command": t.command or "true"}, t.pause_s, s.session_id, i)
+            for s in sessions for i, t in enumerate(s.turns[:-1])]
+
+
+def make_retention(ttl: str, engine, prior: list[ToolCallRecord], pressure_aware: bool) -> Retention:
     policy = make_policy(ttl)
-    predictor = make_predictor(policy.predictor_name)
-    if prior is not None and prior.exists():
-        predictor.fit(read_records(prior))
-    return Retention(TTLAdvisor(policy, predictor), engine)
+    predictor = make_predictor(policy.predictor_name).fit(prior)
+    return Retention(TTLAdvisor(policy, predictor), engine, pressure_aware=pressure_aware)
 
 
-def run_policy(name: str, sessions: list[ReplaySession], args) -> dict:
+def run_policy(name: str, sessions: list[ReplaySession], args, prior: list[ToolCallRecord] = ()) -> dict:
     scheduling, ttl = POLICIES[name]
     backend = EmbeddedBackend(model=args.model, kv_cache_tokens=args.kv_blocks * 16, scheduling_policy=scheduling,
                               max_num_seqs=args.max_num_seqs, profile_reload=ttl is not None)
     engine = backend.aengine.engine
-    retention = make_retention(ttl, engine, Path(args.prior) if args.prior else None) if ttl else None
+    retention = make_retention(ttl, engine, list(prior), name == "agentrt") if ttl else None
     rt = Runtime(backend, retention=retention, tool_format="bash", max_turns=10_000, db=args.db, name=f"jct-{name}",
                  sampling=SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
     t0 = time.perf_counter()
@@ -97,7 +102,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--tool-time-scale", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct)")
-    ap.add_argument("--prior", default=str(PRIOR_TIMINGS), help="JSONL of real tool timings to pre-train predictors")
+    ap.add_argument("--prior", default="replay",
+                    help="what predictors learn from before the run: 'replay' (the same sessions' commands with "
+                         "independently drawn durations), 'none', or a JSONL of tool timings such as "
+                         "toolpredict/data/tool_timings.jsonl (real timings of commands on small trees)")
     ap.add_argument("--db", help="also store every run in this database")
     ap.add_argument("--json", help="write the figures here")
 
@@ -109,6 +117,12 @@ def main(args) -> dict:
     sessions = load_sessions(args.traces, tokenizer, scale=args.scale, max_output_tokens=args.max_output_tokens,
                              max_turns=args.max_turns, max_context_tokens=args.max_context_tokens,
                              tool_time_scale=args.tool_time_scale, seed=args.seed)
+    if args.prior == "replay":
+        prior = replay_prior(load_sessions(args.traces, tokenizer, scale=args.scale, max_output_tokens=args.max_output_tokens,
+                                           max_turns=args.max_turns, max_context_tokens=args.max_context_tokens,
+                                           tool_time_scale=args.tool_time_scale, seed=args.seed + 1))
+    else:
+        prior = [] if args.prior == "none" else read_records(args.prior)
     n = args.programs or len(sessions)
     programs = [sessions[i % len(sessions)] for i in range(n)]
     turns = sum(len(s.turns) for s in programs)
@@ -119,7 +133,7 @@ def main(args) -> dict:
            "kv_blocks": args.kv_blocks, "scale": args.scale, "max_output_tokens": args.max_output_tokens,
            "max_context_tokens": args.max_context_tokens, "seed": args.seed, "policies": {}}
     for name in args.policy or list(POLICIES):
-        r = run_policy(name, programs, args)
+        r = run_policy(name, programs, args, prior)
         out["policies"][name] = r
         print(f"{name:>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "
               f"makespan {r['makespan_s']:.1f} s  {r['programs_per_min']:.1f} programs/min  "

@@ -24,10 +24,16 @@ if TYPE_CHECKING:
 
 
 class Retention:
-    def __init__(self, advisor: TTLAdvisor | str, engine: "Engine", default_queue_delay_s: float = 0.0):
+    """`pressure_aware`: the cost model charges a pinned second in proportion to how full the KV pool
+    is (at least `min_pressure`), not at a flat rate: holding blocks nobody else needs costs nothing,
+    so with room to spare pins run longer. Maximizing P(τ)·B − λ·τ is maximizing P(τ)·(B/λ) − τ."""
+
+    def __init__(self, advisor: TTLAdvisor | str, engine: "Engine", default_queue_delay_s: float = 0.0,
+                 pressure_aware: bool = False, min_pressure: float = 0.1):
         self.advisor = make_advisor(advisor) if isinstance(advisor, str) else advisor
         self.engine = engine
         self.default_queue_delay_s = default_queue_delay_s
+        self.pressure_aware, self.min_pressure = pressure_aware, min_pressure
         self.histories: dict[str, list[ToolCallRecord]] = {}
         self.turn_counts: list[int] = []
         self._lock = threading.Lock()
@@ -39,8 +45,12 @@ class Retention:
     def context(self, context_tokens: int) -> TTLContext:
         e = self.engine
         queue = e.queue_delay_s if e.queue_delay_s is not None else self.default_queue_delay_s
-        return TTLContext(queue_delay_s=queue, eta=memoryfulness(self.turn_counts),
-                          reload_s=e.reload_time_s(context_tokens))
+        eta, reload = memoryfulness(self.turn_counts), e.reload_time_s(context_tokens)
+        if self.pressure_aware:
+            used = 1.0 - e.pool.num_free / e.pool.num_blocks
+            scale = 1.0 / max(used, self.min_pressure)
+            queue, reload = queue * scale, reload * scale
+        return TTLContext(queue_delay_s=queue, eta=eta, reload_s=reload)
 
     def ttl_for(self, program_id: str, call: ToolCall, context_tokens: int) -> TTLDecision:
         with self._lock:

@@ -76,16 +76,16 @@ def test_retention_pins_with_predicted_ttls_and_records_them(tmp_path, tiny_mode
 
 @pytest.mark.slow
 def test_small_replay_agentrt_recomputes_less_than_vllm(default_model_dir):
-    from agentrt.bench_jct import run_policy
-    from engine.loader import load_tokenizer as tok_of
+    """Three recorded sessions under memory pressure (64 blocks for contexts of up to 1,200 tokens)."""
+    from agentrt.bench_jct import replay_prior, run_policy
 
-    sessions = load_sessions(TRACES, tok_of(default_model_dir), scale=0.08, max_output_tokens=12,
-                             max_context_tokens=1200, tool_time_scale=0.5)
-    args = argparse.Namespace(model=str(default_model_dir), kv_blocks=72, max_num_seqs=8, prior=None, db=None,
-                              rate=4.0, seed=0)
-    programs = sessions * 2
-    vllm = run_policy("vllm", programs, args)
-    ours = run_policy("agentrt", programs, args)
-    assert vllm["finished"] == ours["finished"] == len(programs)
-    assert ours["pins"] > 0 and ours["pin_hits"] > 0
+    tok = load_tokenizer(default_model_dir)
+    options = dict(scale=0.08, max_output_tokens=12, max_context_tokens=1200, tool_time_scale=0.5)
+    sessions = load_sessions(TRACES, tok, seed=0, **options)
+    prior = replay_prior(load_sessions(TRACES, tok, seed=1, **options))
+    args = argparse.Namespace(model=str(default_model_dir), kv_blocks=64, max_num_seqs=8, db=None, rate=4.0, seed=0)
+    vllm = run_policy("vllm", sessions, args, prior)
+    ours = run_policy("agentrt", sessions, args, prior)
+    assert vllm["finished"] == ours["finished"] == len(sessions)
+    assert vllm["pins"] == 0 and ours["pins"] > 0 and ours["pin_hits"] > ours["pins"] // 2
     assert ours["recomputed_prefill_tokens"] < vllm["recomputed_prefill_tokens"]

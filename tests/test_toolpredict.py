@@ -18,7 +18,7 @@ from toolpredict.collect import ProgramGenerator, Tree
 from toolpredict.evaluate import main as evaluate_main
 from toolpredict.features import HISTORY_FIELDS, HistoryItem
 
-DATA = Path(__file__).parent / "data" / "tool_timings.jsonl"
+DATA = Path(__file__).parent.parent / "toolpredict" / "data" / "tool_timings.jsonl"
 
 
 # --- features -------------------------------------------------------------------------------------------

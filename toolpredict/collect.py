@@ -1,6 +1,6 @@
 """Collect real tool-call timings: SWE-style shell commands run on real source trees, timed.
 
-`python -m toolpredict.collect --out tests/data/tool_timings.jsonl [--programs 64] [--seed 0]`
+`python -m toolpredict.collect --out toolpredict/data/tool_timings.jsonl [--programs 64] [--seed 0]`
 
 Source trees are sdists of small pure-Python packages that ship their tests (fetched once with
 `pip download --no-deps --no-binary :all:`, or taken from `--sdist-dir`). Each tree gets a throwaway
