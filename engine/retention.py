@@ -82,6 +82,12 @@ class PinManager:
             self.release(pid, now)
             self.stats.expiries += 1
 
+    def force_release(self, program_id: str, now: float) -> bool:
+        """Memory pressure, last resort: the waiting request's own program gives up its pin."""
+        released = self.release(program_id, now)
+        self.stats.forced_releases += released
+        return released
+
     def release_latest(self, now: float, keep: str | None = None) -> bool:
         """Memory pressure: drops the pin of the latest-arriving program (never `keep`'s). False if none."""
         candidates = [p for p in self.pins.values() if p.program_id != keep]

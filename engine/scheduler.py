@@ -147,7 +147,9 @@ class Scheduler:
             cached = self.kv.find_cached_prefix(req)
             n = min(req.num_tokens - len(cached) * self.kv.block_size, budget)
             while not self.kv.allocate(req, n, cached):
-                if not pins.release_latest(now, keep=pid):
+                # others' pins first; the program's own pin last (its blocks that this request reuses
+                # stay in `cached` and are taken back by `allocate` before anything is evicted)
+                if not (pins.release_latest(now, keep=pid) or (pid is not None and pins.force_release(pid, now))):
                     break
             else:
                 req.pin_hit = pins.take(pid, now) or req.pin_hit

@@ -118,6 +118,16 @@ def test_memory_pressure_releases_the_latest_arriving_programs_pin_first(tiny_mo
     assert rid not in e.requests
 
 
+def test_a_programs_own_pin_yields_when_nothing_else_can(tiny_model_dir):
+    """Found by the random-workload test: the only pin belongs to the waiting request's own program,
+    whose new prompt does not reuse it, and the pool cannot hold both."""
+    e = make_engine(tiny_model_dir, kv_cache_tokens=6 * 16)
+    finish_one(e, turn(e, "A", tokens(48, 1), ttl=30.0))
+    assert e.pins.num_pinned_blocks == 3
+    out = finish_one(e, turn(e, "A", tokens(49, 2), turn_no=1))  # needs 4 of 6 blocks
+    assert len(out.token_ids) == 4 and e.pins.stats.forced_releases == 1 and not e.pins.pins
+
+
 def test_program_policy_orders_by_program_arrival_and_pinned_first(tiny_model_dir):
     def admitted_order(policy):
         e = make_engine(tiny_model_dir, max_num_seqs=1, scheduling_policy=policy)

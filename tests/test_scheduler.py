@@ -130,7 +130,7 @@ def test_abort_frees_blocks_of_running_and_waiting_requests(tiny_model_dir):
     assert engine.pool.num_free == engine.pool.num_blocks
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(1, 70), min_size=1, max_size=8),
     out_tokens=st.integers(1, 12),
