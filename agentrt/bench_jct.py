@@ -1,6 +1,7 @@
 """The JCT benchmark: recorded agent sessions replayed as programs under each serving policy.
 
     agentrt bench jct --traces DIR [--programs N] [--rate R] [--policy P ...] [--kv-blocks K] [--json OUT]
+                      [--base-url URL]   # also the same replay against a served engine (vLLM-CPU)
 
 Every policy replays the same sessions (agentrt/replay.py: same scaled prompts, output lengths and
 tool pauses, same Poisson arrival times) through the runtime on a fresh embedded engine whose KV
@@ -32,7 +33,7 @@ from toolpredict.features import ToolCallRecord, read_records
 from toolpredict.predictors import make_predictor
 from toolpredict.ttl import TTLAdvisor, make_policy
 
-from agentrt.backends import EmbeddedBackend
+from agentrt.backends import EmbeddedBackend, OpenAIBackend
 from agentrt.replay import ReplaySession, load_sessions, replay_agent
 from agentrt.report import percentile
 from agentrt.retention import Retention
@@ -59,6 +60,38 @@ def make_retention(ttl: str, engine, prior: list[ToolCallRecord], pressure_aware
     return Retention(TTLAdvisor(policy, predictor), engine, pressure_aware=pressure_aware)
 
 
+def run_served(sessions: list[ReplaySession], args) -> dict:
+    """The same replay against an OpenAI-compatible server (e.g. vLLM-CPU) through the `openai` backend."""
+    rt = Runtime(OpenAIBackend(args.base_url), tool_format="bash", max_turns=10_000, db=args.db, name="jct-served",
+                 sampling=SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
+    t0 = time.perf_counter()
+    res = rt.run(replay_agent, sessions, rate=args.rate, seed=args.seed)
+    return _figures(res, time.perf_counter() - t0, None)
+
+
+def _figures(res, wall: float, engine) -> dict:
+    jcts = [p.jct_s for p in res.programs if p.status == "finished"]
+    out = {
+        "programs": len(res.programs), "finished": len(jcts),
+        "failed": [p.error for p in res.programs if p.status != "finished"][:3],
+        "mean_jct_s": statistics.mean(jcts) if jcts else None,
+        "p50_jct_s": percentile(jcts, 50), "p95_jct_s": percentile(jcts, 95),
+        "makespan_s": res.makespan_s, "programs_per_min": 60 * len(jcts) / res.makespan_s if res.makespan_s else None,
+        "wall_s": wall,
+    }
+    if engine is not None:
+        pins = engine.pins.stats
+        out.update({
+            "pins": pins.pins, "pin_hits": pins.hits, "pin_hit_rate": pins.hits / pins.pins if pins.pins else None,
+            "pin_expiries": pins.expiries, "pin_forced_releases": pins.forced_releases,
+            "pinned_block_seconds": pins.pinned_block_seconds,
+            "recomputed_prefill_tokens": engine.stats.num_recomputed_prefill_tokens,
+            "prefix_hit_tokens": engine.stats.num_prefix_hit_tokens, "prompt_tokens": engine.stats.num_prompt_tokens,
+            "preemptions": engine.scheduler.num_preemptions,
+        })
+    return out
+
+
 def run_policy(name: str, sessions: list[ReplaySession], args, prior: list[ToolCallRecord] = ()) -> dict:
     scheduling, ttl = POLICIES[name]
     backend = EmbeddedBackend(model=args.model, kv_cache_tokens=args.kv_blocks * 16, scheduling_policy=scheduling,
@@ -69,23 +102,7 @@ def run_policy(name: str, sessions: list[ReplaySession], args, prior: list[ToolC
                  sampling=SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
     t0 = time.perf_counter()
     res = rt.run(replay_agent, sessions, rate=args.rate, seed=args.seed)
-    wall = time.perf_counter() - t0
-    jcts = [p.jct_s for p in res.programs if p.status == "finished"]
-    pins = engine.pins.stats
-    return {
-        "programs": len(res.programs), "finished": len(jcts),
-        "failed": [p.error for p in res.programs if p.status != "finished"][:3],
-        "mean_jct_s": statistics.mean(jcts) if jcts else None,
-        "p50_jct_s": percentile(jcts, 50), "p95_jct_s": percentile(jcts, 95),
-        "makespan_s": res.makespan_s, "programs_per_min": 60 * len(jcts) / res.makespan_s if res.makespan_s else None,
-        "pins": pins.pins, "pin_hits": pins.hits,
-        "pin_hit_rate": pins.hits / pins.pins if pins.pins else None,
-        "pin_expiries": pins.expiries, "pin_forced_releases": pins.forced_releases,
-        "pinned_block_seconds": pins.pinned_block_seconds,
-        "recomputed_prefill_tokens": engine.stats.num_recomputed_prefill_tokens,
-        "prefix_hit_tokens": engine.stats.num_prefix_hit_tokens, "prompt_tokens": engine.stats.num_prompt_tokens,
-        "preemptions": engine.scheduler.num_preemptions, "wall_s": wall,
-    }
+    return _figures(res, time.perf_counter() - t0, engine)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -107,6 +124,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "independently drawn durations), 'none', or a JSONL of tool timings such as "
                          "toolpredict/data/tool_timings.jsonl (real timings of commands on small trees)")
     ap.add_argument("--db", help="also store every run in this database")
+    ap.add_argument("--base-url", help="also replay against this OpenAI-compatible server (e.g. vLLM-CPU)")
     ap.add_argument("--json", help="write the figures here")
 
 
@@ -139,6 +157,10 @@ def main(args) -> dict:
               f"makespan {r['makespan_s']:.1f} s  {r['programs_per_min']:.1f} programs/min  "
               f"pin hits {r['pin_hits']}/{r['pins']}  recomputed {r['recomputed_prefill_tokens']} tokens  "
               f"({r['wall_s']:.0f} s)", flush=True)
+    if args.base_url:
+        r = out["served"] = run_served(programs, args)
+        print(f"{'served':>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "
+              f"makespan {r['makespan_s']:.1f} s ({args.base_url})", flush=True)
     base = out["policies"].get("vllm")
     if base and base["mean_jct_s"]:
         for name, r in out["policies"].items():
