@@ -12,10 +12,11 @@ import inspect
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import get_type_hints
 
 import anyio
 import httpx
@@ -114,7 +115,7 @@ class ShellTool(Tool):
 
     async def exec(self, argv: list[str]) -> tuple[str, bool, int | None]:
         proc = await anyio.open_process(argv, cwd=self.workdir, env=self.env, stdin=None,
-                                        stderr=-2, start_new_session=True)  # -2: stderr into stdout
+                                        stderr=subprocess.STDOUT, start_new_session=True)
         chunks, size, truncated = [], 0, False
         timed_out = False
         try:

@@ -32,14 +32,6 @@ class ToolResult:
     def duration_s(self) -> float:
         return self.finished_at - self.started_at
 
-    def as_message(self, role: str = "tool") -> dict:
-        """The message that hands this result back to the model."""
-        msg = {"role": role, "content": self.output}
-        if role == "tool":
-            msg["tool_call_id"] = self.call.id
-            msg["name"] = self.call.name
-        return msg
-
 
 @dataclass(slots=True)
 class LLMTimings:

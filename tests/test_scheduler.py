@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import hypothesis.strategies as st
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 from engine import Engine, ProgramHint, SamplingParams

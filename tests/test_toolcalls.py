@@ -21,7 +21,7 @@ def test_bash_block_single_action():
 ])
 def test_bash_block_wrong_count_is_a_format_error(text, found):
     calls, err = toolcalls.parse("bash", text)
-    assert calls == [] and f"EXACTLY ONE action" in err and f"found {found}" in err
+    assert calls == [] and "EXACTLY ONE action" in err and f"found {found}" in err
 
 
 def test_bash_plain_answer_is_no_call():

@@ -18,13 +18,11 @@ class StubBackend(Backend):
 
     def __init__(self, reply: Callable[[list[dict], ProgramHint], str] | None = None):
         self.reply = reply or (lambda messages, hint: "done")
-        self.calls = 0
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
                    tools: list[dict] | None = None, last_tool: str | None = None,
                    prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
         now = time.time()
-        self.calls += 1
         text = (prefill or "") + self.reply(messages, hint)
         return ChatReply(text, "stop", sum(len(str(m.get("content", ""))) for m in messages) // 4, 0,
                          len(text) // 4, LLMTimings(now, now, now, now))
