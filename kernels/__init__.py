@@ -1,5 +1,7 @@
-"""kernels: Triton kernels (paged attention, KV store, RoPE shift), each with a torch reference.
+"""kernels: compute kernels, each with a pure-torch reference of the same signature and a test.
 
-Not built yet: it lands with its own issue. The engine's torch attention backend
-(`engine.attention.TorchAttentionBackend`) is the reference those kernels will be tested against.
+- `cpu_attention`: paged decode attention in C for CPUs (compiled on first use with the system cc),
+  reference `paged_decode_attention_ref`.
+The Triton kernels for GPUs (paged attention with explicit query positions, KV store, RoPE shift)
+land with their own issue; the engine's torch attention backend is their reference too.
 """
