@@ -53,6 +53,15 @@ static inline void prefetch_tile(const float *tile_start, int64_t floats) {
     for (int64_t off = 0; off < floats * (int64_t)sizeof(float); off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
+/* The tile of the sequence's block holding token `start` for kv head `kh`; the next tile, if the
+ * sequence has one, is prefetched meanwhile. */
+static inline const float *tile_at(const float *cache, const int64_t *table, int64_t start, int64_t n,
+                                   int64_t block_size, int64_t kv_heads, int64_t kh, int64_t tile) {
+    const int64_t i = start / block_size;
+    if (start + block_size < n) prefetch_tile(cache + (table[i + 1] * kv_heads + kh) * tile, tile);
+    return cache + (table[i] * kv_heads + kh) * tile;
+}
+
 static inline float dot1(const float *qg, const float *k, int64_t head_dim) {
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -78,10 +87,8 @@ void paged_decode_attention_f32(const float *q, const float *k_cache, const floa
                 const float *qb = q + (b * heads + kh * group) * head_dim;
                 const int wide = HAVE_DOT8 && head_dim % 8 == 0 && block_size % 8 == 0;
                 for (int64_t start = 0; start < n; start += block_size) {
-                    const float *kb = k_cache + (table[start / block_size] * kv_heads + kh) * tile;
+                    const float *kb = tile_at(k_cache, table, start, n, block_size, kv_heads, kh, tile);
                     const int64_t rows = n - start < block_size ? n - start : block_size;
-                    if (start + block_size < n)
-                        prefetch_tile(k_cache + (table[start / block_size + 1] * kv_heads + kh) * tile, tile);
                     for (int64_t g = 0; g < group; g++) {
                         const float *qg = qb + g * head_dim;
                         float *sg = scores + g * n + start;
@@ -104,10 +111,8 @@ void paged_decode_attention_f32(const float *q, const float *k_cache, const floa
                 }
                 for (int64_t i = 0; i < group * head_dim; i++) acc[i] = 0.0f;
                 for (int64_t start = 0; start < n; start += block_size) {
-                    const float *vb = v_cache + (table[start / block_size] * kv_heads + kh) * tile;
+                    const float *vb = tile_at(v_cache, table, start, n, block_size, kv_heads, kh, tile);
                     const int64_t rows = n - start < block_size ? n - start : block_size;
-                    if (start + block_size < n)
-                        prefetch_tile(v_cache + (table[start / block_size + 1] * kv_heads + kh) * tile, tile);
                     for (int64_t g = 0; g < group; g++) {
                         const float *pg = scores + g * n + start;
                         float *ag = acc + g * head_dim;
