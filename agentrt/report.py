@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import statistics
 
-from agentrt.store import LLMCall, Program, Run, ToolCallRow, read_rows
+from sqlalchemy import select
+
+from agentrt.store import LLMCall, Program, Run, ToolCallRow, open_db, read_rows
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -25,7 +27,15 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run_report(db: str, run_id: str | None = None) -> dict:
-    runs = sorted(read_rows(db, Run), key=lambda r: r["started_at"])
+    eng = open_db(db)
+    try:
+        return _report(eng, db, run_id)
+    finally:
+        eng.dispose()
+
+
+def _report(eng, db: str, run_id: str | None) -> dict:
+    runs = sorted(read_rows(eng, Run), key=lambda r: r["started_at"])
     if not runs:
         raise ValueError(f"no runs in {db}")
     if run_id is None:
@@ -35,10 +45,10 @@ def run_report(db: str, run_id: str | None = None) -> dict:
         if len(matches) != 1:
             raise ValueError(f"run id {run_id!r} matches {len(matches)} runs in {db}")
         run = matches[0]
-    programs = sorted(read_rows(db, Program, run_id=run["id"]), key=lambda p: p["index"])
-    ids = {p["id"] for p in programs}
-    llm = [c for c in read_rows(db, LLMCall) if c["program_id"] in ids]
-    tools = [c for c in read_rows(db, ToolCallRow) if c["program_id"] in ids]
+    programs = sorted(read_rows(eng, Program, run_id=run["id"]), key=lambda p: p["index"])
+    of_run = select(Program.id).where(Program.run_id == run["id"])  # a subquery: no parameter limit
+    llm = read_rows(eng, LLMCall, program_id=of_run)
+    tools = read_rows(eng, ToolCallRow, program_id=of_run)
     done = [p for p in programs if p["status"] == "finished"]
     jcts = [p["jct_s"] for p in done if p["jct_s"] is not None]
     ends = [p["finished_at"] for p in programs if p["finished_at"]]

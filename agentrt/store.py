@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event, insert, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql import Select
 
 
 class Base(DeclarativeBase):
@@ -185,15 +186,19 @@ class Store:
                 session.execute(insert(m), rows)
 
 
-def read_rows(db: str, model: type[Base], **where) -> list[dict]:
-    """All rows of a table (optionally filtered by equality), as dicts: for reports and tests."""
-    eng = open_db(db)
+def read_rows(db, model: type[Base], **where) -> list[dict]:
+    """Rows of a table as dicts, filtered by equality (or membership, for a list, set or subquery
+    value): for reports and tests. `db` is a URL or path, or an engine from `open_db`."""
+    eng = open_db(db) if isinstance(db, str) else db
     try:
         with Session(eng) as session:
             stmt = select(model)
             for k, v in where.items():
-                stmt = stmt.where(getattr(model, k) == v)
+                col = getattr(model, k)
+                many = isinstance(v, (list, set, tuple, Select))
+                stmt = stmt.where(col.in_(v if isinstance(v, Select) else list(v)) if many else col == v)
             return [{c.name: getattr(obj, c.name) for c in model.__table__.columns}
                     for obj in session.scalars(stmt)]
     finally:
-        eng.dispose()
+        if isinstance(db, str):
+            eng.dispose()
