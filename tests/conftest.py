@@ -1,6 +1,13 @@
-"""Shared fixtures: a tiny random Llama directory (fast tests) and the real default model (parity tests)."""
+"""Shared fixtures and helpers: a tiny random Llama directory (fast tests), the real default model
+(parity tests), the HF greedy reference, and a real uvicorn server on loopback."""
 
 from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -47,3 +54,42 @@ def hf_greedy(hf_model, prompt_ids: list[int], max_new_tokens: int) -> list[int]
         out = hf_model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                                 max_new_tokens=max_new_tokens, do_sample=False)
     return out[0, len(prompt_ids):].tolist()
+
+
+def recording_engine_class():
+    """The real async engine, also recording the program hint each request reached it with."""
+    from engine import AsyncEngine
+
+    class RecordingEngine(AsyncEngine):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.hints = []
+
+        def generate(self, prompt, params=None, *, hint=None, **kwargs):
+            self.hints.append(hint)
+            return super().generate(prompt, params, hint=hint, **kwargs)
+
+    return RecordingEngine
+
+
+@contextlib.contextmanager
+def serve(app) -> Iterator[str]:
+    """Runs `app` under uvicorn on a free loopback port in a background thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

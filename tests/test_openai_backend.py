@@ -3,58 +3,30 @@ with program affinity, and the runtime on top of it."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
+import contextlib
 
 import pytest
-import uvicorn
 
 from agentrt import OpenAIBackend, Runtime, SamplingParams
 from agentrt.backends.openai_http import AffinityRouter
 from agentrt.server import create_app
 from agentrt.store import LLMCall, read_rows
-from engine import AsyncEngine, EngineConfig, ProgramHint
+from engine import EngineConfig
+from tests.conftest import recording_engine_class, serve
 
 
-class RecordingEngine(AsyncEngine):
-    """The real async engine, also remembering the program hints that reached it."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.hints: list[ProgramHint] = []
-
-    def generate(self, prompt, params=None, *, hint=None, **kw):
-        self.hints.append(hint)
-        return super().generate(prompt, params, hint=hint, **kw)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+RecordingEngine = recording_engine_class()
 
 
 @pytest.fixture()
 def servers(tiny_model_dir):
-    """Two real servers on loopback, each with its own engine."""
-    started = []
-    for _ in range(2):
-        engine = RecordingEngine(EngineConfig(model=str(tiny_model_dir)), kv_cache_tokens=4096)
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=port,
-                                               log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        started.append((f"http://127.0.0.1:{port}/v1", engine, server, thread))
-    yield started
-    for _, _, server, thread in started:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """Two real servers on loopback, each with its own engine: [(base URL, engine), ...]."""
+    with contextlib.ExitStack() as stack:
+        started = []
+        for _ in range(2):
+            engine = RecordingEngine(EngineConfig(model=str(tiny_model_dir)), kv_cache_tokens=4096)
+            started.append((stack.enter_context(serve(create_app(engine, "tiny"))) + "/v1", engine))
+        yield started
 
 
 def test_router_affinity_and_least_loaded():
@@ -68,7 +40,7 @@ def test_router_affinity_and_least_loaded():
 
 
 def test_runtime_over_http_with_two_servers_keeps_programs_on_one_server(servers, tmp_path):
-    urls = [u for u, *_ in servers]
+    urls = [u for u, _ in servers]
     db = str(tmp_path / "http.db")
 
     async def agent(ctx, task):
@@ -82,10 +54,10 @@ def test_runtime_over_http_with_two_servers_keeps_programs_on_one_server(servers
     rt = Runtime(backend, db=db, tenant="t1", sampling=SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
     res = rt.run(agent, range(6))
     assert [p.status for p in res.programs] == ["finished"] * 6 and backend.model == "tiny"
-    per_server = [{h.program_id for h in engine.hints} for _, engine, *_ in servers]
+    per_server = [{h.program_id for h in engine.hints} for _, engine in servers]
     assert per_server[0] and per_server[1] and not (per_server[0] & per_server[1])  # both used, no program split
     assert per_server[0] | per_server[1] == {p.program_id for p in res.programs}
-    for _, engine, *_ in servers:
+    for _, engine in servers:
         turns = {}
         for h in engine.hints:
             turns.setdefault(h.program_id, []).append(h.turn)
@@ -98,7 +70,7 @@ def test_runtime_over_http_with_two_servers_keeps_programs_on_one_server(servers
 
 
 def test_prefill_continues_the_assistant_message_over_http(servers):
-    url, engine, *_ = servers[0]
+    url, engine = servers[0]
 
     async def agent(ctx, task):
         return await ctx.chat([{"role": "user", "content": "hi"}], prefill="```bash\n", max_tokens=3, ignore_eos=True)

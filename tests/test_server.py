@@ -6,20 +6,17 @@ token counts and greedy agreement, not words); one slow test runs the real defau
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from agentrt.server import _streamable_content, create_app, hermes_to_openai, run_server
 from engine import AsyncEngine, ConfigError, EngineConfig, ProgramHint
+from tests.conftest import recording_engine_class, serve
 
 API_KEY = "test-key"
 MODEL = "tiny"
@@ -29,37 +26,7 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}}]
 
 
-class RecordingEngine(AsyncEngine):
-    """The real engine, plus a record of the program hint each request arrived with."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.hints: list[ProgramHint | None] = []
-
-    def generate(self, prompt, params=None, *, hint=None, request_id=None):
-        self.hints.append(hint)
-        return super().generate(prompt, params, hint=hint, request_id=request_id)
-
-
-@contextlib.contextmanager
-def serve(app) -> Iterator[str]:
-    """Runs `app` under uvicorn on a free port in a background thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+RecordingEngine = recording_engine_class()
 
 
 def wait_idle(engine, timeout: float = 5.0) -> None:
