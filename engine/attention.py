@@ -33,6 +33,9 @@ class PrefillSpan:
     end: int
     ctx_len: int  # tokens of this sequence already in the cache before this step
     tiles: torch.Tensor | None  # tile rows (see tile_rows) of its blocks; None when ctx_len == 0
+    # Explicit absolute positions of the queries (ascending), for sparse queries such as DHD's
+    # selective recompute; None means the contiguous positions [ctx_len, ctx_len + end - start).
+    q_pos: torch.Tensor | None = None
 
 
 @dataclass(slots=True)
@@ -125,9 +128,9 @@ class TorchAttentionBackend(AttentionBackend):
                 vs = v[span.start:span.end].transpose(0, 1).unsqueeze(0)
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
             else:
-                total = span.ctx_len + n
                 ks, vs = self._gather(layer, span.tiles, 1)
-                q_pos = torch.arange(span.ctx_len, total, device=q.device)
+                q_pos = span.q_pos if span.q_pos is not None else torch.arange(span.ctx_len, span.ctx_len + n,
+                                                                                device=q.device)
                 mask = torch.arange(ks.shape[2], device=q.device)[None, :] <= q_pos[:, None]
                 o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
             out[span.start:span.end] = o[0].transpose(0, 1)
