@@ -62,7 +62,10 @@ def _resolve_device(device: str | None) -> torch.device:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig | None = None, **overrides):
+    def __init__(self, config: EngineConfig | None = None, *, clock: Callable[[], float] = time.monotonic,
+                 **overrides):
+        """`clock` gives the time (s) that arrivals, pins, queueing and finish times are read from; the
+        simulator (engine/sim.py) passes a virtual one."""
         cfg = config or EngineConfig()
         for k, v in overrides.items():
             if not hasattr(cfg, k):
@@ -70,8 +73,37 @@ class Engine:
             setattr(cfg, k, v)
         cfg.validate()
         self.config = cfg
+        self.clock = clock
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        self._load_model()
+        mc = self.model_config
+        bs = cfg.block_size
+        per_token = ModelRunner.kv_bytes_per_token(mc, self.dtype)
+        kv_tokens = cfg.kv_cache_tokens or int(cfg.kv_cache_memory_gb * 2**30 // per_token)
+        num_blocks = -(-kv_tokens // bs)
+        self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, num_blocks * bs)
+        self.pool = BlockPool(num_blocks, cfg.enable_prefix_caching)
+        self.kv = KVCacheManager(self.pool, bs)
+        self.pins = PinManager(self.pool)
+        self.scheduler = Scheduler(self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs,
+                                   cfg.max_num_batched_tokens, self.pins, clock)
+        self.program_context: dict[str, int] = {}  # tokens of each live program's last finished turn
+        self.queue_delay_s: float | None = None  # moving average of queueing of turns without a pin
+        self.runner = self._make_runner(num_blocks)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.requests: dict[str, Request] = {}
+        self.stats = EngineStats()
+        self.last_step = StepInfo()
+        self._ids = itertools.count()
+        self.reload_model: ReloadModel | None = None
+        if cfg.profile_reload:
+            self.reload_model = profile_reload(self)
+            self.stats = EngineStats()  # the profile's prefills are not the user's traffic
+
+    def _load_model(self) -> None:
+        """Sets device, dtype, model_dir, model_config, tokenizer, model and eos_token_ids."""
+        cfg = self.config
         self.device = _resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype) if cfg.dtype else (
             torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -97,28 +129,10 @@ class Engine:
         if self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
 
-        bs = cfg.block_size
-        per_token = ModelRunner.kv_bytes_per_token(mc, self.dtype)
-        kv_tokens = cfg.kv_cache_tokens or int(cfg.kv_cache_memory_gb * 2**30 // per_token)
-        num_blocks = -(-kv_tokens // bs)
-        self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, num_blocks * bs)
-        self.pool = BlockPool(num_blocks, cfg.enable_prefix_caching)
-        self.kv = KVCacheManager(self.pool, bs)
-        self.pins = PinManager(self.pool)
-        self.scheduler = Scheduler(self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs,
-                                   cfg.max_num_batched_tokens, self.pins)
-        self.program_context: dict[str, int] = {}  # tokens of each live program's last finished turn
-        self.queue_delay_s: float | None = None  # moving average of queueing of turns without a pin
-        self.runner = ModelRunner(self.model, mc, num_blocks, bs, self.device, self.dtype, cfg.attention_backend)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.requests: dict[str, Request] = {}
-        self.stats = EngineStats()
-        self.last_step = StepInfo()
-        self._ids = itertools.count()
-        self.reload_model: ReloadModel | None = None
-        if cfg.profile_reload:
-            self.reload_model = profile_reload(self)
-            self.stats = EngineStats()  # the profile's prefills are not the user's traffic
+    def _make_runner(self, num_blocks: int) -> ModelRunner:
+        cfg = self.config
+        return ModelRunner(self.model, self.model_config, num_blocks, cfg.block_size, self.device, self.dtype,
+                           cfg.attention_backend)
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -160,7 +174,7 @@ class Engine:
                 f"prompt has {len(ids)} tokens; this engine holds at most {self.max_model_len} per request "
                 f"(prompt + output). Shorten the prompt or raise max_model_len / kv_cache_tokens.")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
-        return Request(rid, text, ids, params, hint, stream, retention=retention)
+        return Request(rid, text, ids, params, hint, stream, arrival_time=self.clock(), retention=retention)
 
     def submit(self, req: Request) -> None:
         if req.request_id in self.requests:
@@ -204,7 +218,7 @@ class Engine:
             req.num_computed_tokens += n
             self.kv.commit(req)
         new_tokens = sample(logits, sampling, self.generator) if sampling else []
-        now = time.monotonic()
+        now = self.clock()
         outputs = []
         for req, tok in zip(sampling, new_tokens):
             req.token_ids.append(tok)
@@ -229,7 +243,7 @@ class Engine:
         return outputs
 
     def _first_scheduled(self, req: Request) -> None:
-        now = time.monotonic()
+        now = self.clock()
         req.metrics.first_scheduled_time = now
         st = self.stats
         st.num_prompt_tokens += req.num_prompt_tokens
@@ -250,7 +264,7 @@ class Engine:
         pid = req.hint.program_id
         if pid is None or req.finish_reason == "abort":
             return
-        now = time.monotonic()
+        now = self.clock()
         if req.hint.is_last_turn:
             self.pins.end_program(pid, now)
             self.scheduler.program_arrival.pop(pid, None)
@@ -308,7 +322,7 @@ class Engine:
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
         req.stop_reason = stop_reason
-        req.metrics.finish_time = time.monotonic()
+        req.metrics.finish_time = self.clock()
 
     def _output(self, req: Request) -> RequestOutput:
         if req.finished and not (req.params.stop or req.stream):

@@ -7,7 +7,6 @@ prefix hit; one output token each) and fitting t(n) = a + b·n + c·n² by least
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -37,7 +36,8 @@ class ReloadModel:
 
 
 def profile_reload(engine, lengths: tuple[int, ...] = (64, 256, 1024, 2048), repeats: int = 2) -> ReloadModel:
-    """Times prefills of `lengths` tokens (clipped to the engine's limits) on an otherwise idle engine."""
+    """Times prefills of `lengths` tokens (clipped to the engine's limits) on an otherwise idle engine, on
+    the engine's clock (virtual in the simulator, so there it fits the cost model's prefill times)."""
     if engine.has_unfinished_requests():
         raise RuntimeError("profile_reload needs an idle engine")
     vocab = engine.model_config.vocab_size
@@ -49,9 +49,9 @@ def profile_reload(engine, lengths: tuple[int, ...] = (64, 256, 1024, 2048), rep
         for _ in range(repeats):
             prompt = [(i * 7919 + 13) % vocab for i in range(n)]
             engine.add_request(prompt, params, hint=ProgramHint(tenant=f"reload-profile-{uuid.uuid4().hex}"))
-            t0 = time.perf_counter()
+            t0 = engine.clock()
             while engine.has_unfinished_requests():
                 engine.step()
             xs.append(n)
-            ts.append(time.perf_counter() - t0)
+            ts.append(engine.clock() - t0)
     return ReloadModel.fit(xs, ts)

@@ -15,6 +15,7 @@ of a step (unless their program has a request waiting), and when blocks run out,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.kv_manager import KVCacheManager
@@ -75,8 +76,10 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, max_num_seqs: int,
-                 max_num_batched_tokens: int, pins: PinManager | None = None):
+                 max_num_batched_tokens: int, pins: PinManager | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.kv = kv
+        self.clock = clock  # pin expiry is judged on it (the simulator's is virtual)
         self.pins = pins or PinManager(kv.pool)
         self.program_arrival: dict[str, float] = {}  # first arrival of each live program
         self.policy = policy
@@ -113,7 +116,7 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
-        now = time.monotonic()
+        now = self.clock()
         pins = self.pins
         if pins.pins:
             pins.expire(now, {r.hint.program_id for r in self.waiting if r.hint.program_id is not None})
