@@ -14,6 +14,9 @@ Invariants:
   starts, so every bad input gets a 4xx OpenAI-style error body and never a half-open stream.
 - Every engine stream is closed on every exit path (finished, client disconnect, error), which
   aborts its request and gives its KV blocks back.
+- A request that fails inside the model (engine finish reason `error`, e.g. out of memory; the
+  engine frees it and serves the others) is answered 500 `server_error`, or, once streaming,
+  ends with finish_reason `error`.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class APIError(Exception):
 
 
 def _error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
 
@@ -237,6 +241,8 @@ async def _final_output(server: _Server, job: _Job) -> RequestOutput:
     async with _outputs(server, job) as outputs:
         async for last in outputs:
             pass
+    if last.finish_reason == "error":  # the engine freed it and serves the others; this one is lost
+        raise APIError(500, f"The model failed on this request: {last.stop_reason}", code="model_error")
     return last
 
 

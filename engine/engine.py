@@ -3,7 +3,9 @@ samples, appends tokens, checks stop conditions and frees finished requests' blo
 
 A request is finished by exactly one of: a stop token (EOS unless `ignore_eos`, or `stop_token_ids`),
 a stop string (text cut before it unless `include_stop_str_in_output`), `max_tokens`, the context
-limit `max_model_len`, or `abort_request`. Finished requests always give back all their blocks.
+limit `max_model_len`, `abort_request`, or a failure inside the model that the request hits even when
+run alone (`error`, e.g. out of memory): a failing step is retried request by request, so one bad
+request never takes the others down. Finished requests always give back all their blocks.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from engine.reload import ReloadModel, profile_reload
 from engine.retention import PinManager
 from engine.runner import ModelRunner
 from engine.sampler import sample
-from engine.scheduler import Scheduler, make_policy
+from engine.scheduler import ScheduledBatch, Scheduler, make_policy
 
 
 class PromptTooLongError(ValueError):
@@ -183,11 +185,14 @@ class Engine:
         self.scheduler.add(req)
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
+        return self._end(request_id, "abort")
+
+    def _end(self, request_id: str, reason: str, stop_reason: str | None = None) -> RequestOutput | None:
         req = self.requests.pop(request_id, None)
         if req is None:
             return None
         self.scheduler.remove(req)
-        self._finish(req, "abort")
+        self._finish(req, reason, stop_reason)
         return self._output(req)
 
     def reload_time_s(self, num_tokens: int) -> float:
@@ -213,13 +218,12 @@ class Engine:
         for req in batch.requests:
             if req.metrics.first_scheduled_time is None:
                 self._first_scheduled(req)
-        logits, sampling = self.runner.execute(batch.requests, batch.num_new_tokens)
+        logits, sampling, outputs = self._execute(batch)
         for req, n in zip(batch.requests, batch.num_new_tokens):
             req.num_computed_tokens += n
             self.kv.commit(req)
         new_tokens = sample(logits, sampling, self.generator) if sampling else []
         now = self.clock()
-        outputs = []
         for req, tok in zip(sampling, new_tokens):
             req.token_ids.append(tok)
             if req.metrics.first_token_time is None:
@@ -241,6 +245,32 @@ class Engine:
         st.step_s += step_s
         self.last_step = StepInfo(len(batch.requests), batch.num_tokens, self.runner.last_forward_s, step_s)
         return outputs
+
+    def _execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Request], list[RequestOutput]]:
+        """The batch's forward: (logits, the requests they belong to, outputs of failed requests).
+        If the forward fails (out of memory, a kernel error), each request is run alone; one that
+        fails by itself is finished with reason "error" (the exception as its `stop_reason`, its
+        blocks freed) and dropped from `batch`. Running a request's tokens again is safe: nothing is
+        committed to the prefix index or counted as computed before its forward succeeds."""
+        try:
+            return (*self.runner.execute(batch.requests, batch.num_new_tokens), [])
+        except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
+            pass
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the failed batch's activations may be what a lone request needs
+        parts, sampling, failed, kept = [], [], [], []
+        for req, n in zip(batch.requests, batch.num_new_tokens):
+            try:
+                logits, wanted = self.runner.execute([req], [n])
+            except (RuntimeError, MemoryError) as exc:
+                failed.append(self._end(req.request_id, "error", f"{type(exc).__name__}: {exc}"))
+                continue
+            kept.append((req, n))
+            if wanted:
+                parts.append(logits)
+                sampling += wanted
+        batch.requests, batch.num_new_tokens = [r for r, _ in kept], [n for _, n in kept]
+        return (torch.cat(parts) if parts else None), sampling, failed
 
     def _first_scheduled(self, req: Request) -> None:
         now = self.clock()

@@ -50,7 +50,7 @@ class Request:
         "num_committed_blocks",
         "num_cached_tokens", "generator", "logprobs", "metrics", "stream",
         "text", "prefix_offset", "read_offset", "emitted_tokens", "emitted_text_len", "salt",
-        "retention", "pin_hit",
+        "retention", "pin_hit", "exact_tokens", "reuse",
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
@@ -81,6 +81,9 @@ class Request:
         # at the end of a non-final turn: seconds to keep the program's KV pinned (engine/retention.py)
         self.retention = retention
         self.pin_hit = False  # admitted while its program held a pin
+        # KVShare: tokens whose KV is exact (before the first reused token), and the reuse plan/state
+        self.exact_tokens = 1 << 62
+        self.reuse = None  # engine.kvshare.ReusePlan while this request's KV holds reused tokens
         # incremental detokenization state (used when streaming or matching stop strings)
         self.text = ""
         self.prefix_offset = max(self.num_prompt_tokens - 5, 0)
@@ -119,8 +122,8 @@ class RequestOutput:
     token_ids: list[int]
     text: str
     finished: bool
-    finish_reason: str | None  # "stop", "length", "abort" or None while running
-    stop_reason: str | int | None  # the stop string or stop token that ended it
+    finish_reason: str | None  # "stop", "length", "abort", "error" or None while running
+    stop_reason: str | int | None  # the stop string or stop token that ended it; for "error", what failed
     delta_token_ids: list[int] = field(default_factory=list)
     delta_text: str = ""
     logprobs: list[TokenLogprob] | None = None

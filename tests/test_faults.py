@@ -1,0 +1,110 @@
+"""Faults: a request that fails inside the model, tools that hang, crash or flood, programs that raise.
+
+The model failure is injected: the real runner of a real (tiny) engine is wrapped so that any
+forward containing a marked request raises `torch.OutOfMemoryError`, as a GPU out of memory would.
+Everything else is real: engine, server on loopback, shell processes, SQLite files."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anyio
+import httpx
+import torch
+
+from agentrt.server import create_app
+from engine import AsyncEngine, Engine, SamplingParams
+from tests.conftest import serve
+
+PARAMS = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+PROMPTS = [[5, 6, 7, 8], list(range(20, 90)), [42] * 33, [9, 10]]
+
+
+def inject_oom(engine: Engine, poisoned: set[str]) -> list[int]:
+    """Makes every forward that includes a request in `poisoned` (by id or program id) raise OOM;
+    returns the list of batch sizes that failed."""
+    real_execute = engine.runner.execute
+    failures: list[int] = []
+
+    def execute(reqs, num_new):
+        if any(r.request_id in poisoned or r.hint.program_id in poisoned for r in reqs):
+            failures.append(len(reqs))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real_execute(reqs, num_new)
+
+    engine.runner.execute = execute
+    return failures
+
+
+def test_engine_fails_only_the_request_that_fails_alone_and_frees_its_blocks(tiny_model_dir):
+    clean = Engine(model=str(tiny_model_dir), kv_cache_tokens=2048)
+    expected = {}
+    for i, p in enumerate(PROMPTS):
+        clean.add_request(p, PARAMS, request_id=f"r{i}")
+    while clean.has_unfinished_requests():
+        expected.update({o.request_id: o.token_ids for o in clean.step()})
+
+    engine = Engine(model=str(tiny_model_dir), kv_cache_tokens=2048)
+    failures = inject_oom(engine, {"r2"})
+    for i, p in enumerate(PROMPTS):
+        engine.add_request(p, PARAMS, request_id=f"r{i}")
+    done = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            assert out.request_id not in done, "a request finished twice"
+            done[out.request_id] = out
+        engine.pool.check_integrity()
+    assert failures and failures[0] == len(PROMPTS) and 1 in failures  # the batch, then r2 alone
+    bad = done.pop("r2")
+    assert bad.finished and bad.finish_reason == "error" and "OutOfMemoryError" in bad.stop_reason
+    assert {rid: o.token_ids for rid, o in done.items()} == {k: v for k, v in expected.items() if k != "r2"}
+    assert all(o.finish_reason == "length" for o in done.values())
+    assert engine.pool.num_free == engine.pool.num_blocks and not engine.requests
+    # the engine keeps serving, the failed id included
+    engine.add_request(PROMPTS[0], PARAMS, request_id="again")
+    while engine.has_unfinished_requests():
+        last = engine.step()
+    assert last[0].token_ids == expected["r0"]
+
+
+def test_server_answers_a_model_failure_as_an_error_and_serves_the_rest(tiny_model_dir):
+    aengine = AsyncEngine(Engine(model=str(tiny_model_dir), kv_cache_tokens=2048))
+    inject_oom(aengine.engine, {"poison"})
+    body = {"model": "tiny", "prompt": "the fox", "max_tokens": 8, "ignore_eos": True, "temperature": 0}
+    with serve(create_app(aengine, "tiny")) as url:
+        async def main():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                async def stream(hint):
+                    async with c.stream("POST", "/v1/completions",
+                                        json={**body, "stream": True, "program_id": hint}) as r:
+                        return r.status_code, [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+                results = {}
+
+                async def one(name, coro):
+                    results[name] = await coro
+                async with anyio.create_task_group() as tg:
+                    for i in range(3):
+                        tg.start_soon(one, f"ok{i}", c.post("/v1/completions", json=body))
+                    tg.start_soon(one, "plain", c.post("/v1/completions", json={**body, "program_id": "poison"}))
+                    tg.start_soon(one, "stream", stream("poison"))
+                    tg.start_soon(one, "ok-stream", stream("fine"))
+                return results
+
+        res = anyio.run(main)
+        for i in range(3):
+            assert res[f"ok{i}"].status_code == 200 and res[f"ok{i}"].json()["usage"]["completion_tokens"] == 8
+        plain = res["plain"]
+        assert plain.status_code == 500 and "OutOfMemoryError" in plain.json()["error"]["message"]
+        status, events = res["stream"]
+        assert status == 200 and events[-1] == "[DONE]"
+        assert json.loads(events[-2])["choices"][0]["finish_reason"] == "error"
+        status, events = res["ok-stream"]
+        assert status == 200 and json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+        engine = aengine.engine
+        deadline = time.monotonic() + 5
+        while engine.has_unfinished_requests() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        engine.pool.check_integrity()
+        assert engine.pool.num_free == engine.pool.num_blocks
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code == 200
