@@ -162,6 +162,7 @@ class Context:
             "finish_reason": reply.finish_reason if reply else "error",
             "prompt": str(sent[-1].get("content", ""))[: self.max_output_chars] if sent else None,
             "output": reply.text[: self.max_output_chars] if reply else None, "error": error,
+            "pin_held": reply.pin_held if reply else None,
         })
 
     # ---- tools -------------------------------------------------------------------------------

@@ -29,26 +29,36 @@ def percentile(values: list[float], q: float) -> float | None:
 def run_report(db: str, run_id: str | None = None) -> dict:
     eng = open_db(db)
     try:
-        return _report(eng, db, run_id)
+        run = find_run(eng, run_id, db)
+        return summarize(run, *run_rows(eng, run["id"]))
     finally:
         eng.dispose()
 
 
-def _report(eng, db: str, run_id: str | None) -> dict:
+def find_run(eng, run_id: str | None, db: str = "") -> dict:
+    """The run whose id is or starts with `run_id` (it must match exactly one), or the latest run."""
     runs = sorted(read_rows(eng, Run), key=lambda r: r["started_at"])
     if not runs:
         raise ValueError(f"no runs in {db}")
     if run_id is None:
-        run = runs[-1]
-    else:
-        matches = [r for r in runs if r["id"].startswith(run_id)]
-        if len(matches) != 1:
-            raise ValueError(f"run id {run_id!r} matches {len(matches)} runs in {db}")
-        run = matches[0]
-    programs = sorted(read_rows(eng, Program, run_id=run["id"]), key=lambda p: p["index"])
-    of_run = select(Program.id).where(Program.run_id == run["id"])  # a subquery: no parameter limit
-    llm = read_rows(eng, LLMCall, program_id=of_run)
-    tools = read_rows(eng, ToolCallRow, program_id=of_run)
+        return runs[-1]
+    matches = [r for r in runs if r["id"] == run_id] or [r for r in runs if r["id"].startswith(run_id)]
+    if len(matches) != 1:
+        raise ValueError(f"run id {run_id!r} matches {len(matches)} runs in {db}")
+    return matches[0]
+
+
+def run_rows(eng, run_id: str, tenant: str | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """A run's programs (by index), LLM calls and tool calls; with `tenant`, only that tenant's."""
+    of_run = select(Program.id).where(Program.run_id == run_id)  # a subquery: no parameter limit
+    if tenant is not None:
+        of_run = of_run.where(Program.tenant == tenant)
+    programs = sorted(read_rows(eng, Program, id=of_run), key=lambda p: p["index"])
+    return programs, read_rows(eng, LLMCall, program_id=of_run), read_rows(eng, ToolCallRow, program_id=of_run)
+
+
+def summarize(run: dict, programs: list[dict], llm: list[dict], tools: list[dict]) -> dict:
+    """The report of one run from its rows (as `run_rows` gives them)."""
     done = [p for p in programs if p["status"] == "finished"]
     jcts = [p["jct_s"] for p in done if p["jct_s"] is not None]
     ends = [p["finished_at"] for p in programs if p["finished_at"]]

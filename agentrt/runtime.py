@@ -122,7 +122,9 @@ class Runtime:
             self.store.insert(Run, {"id": run.run_id, "name": self.name, "backend": self.backend.name,
                                     "started_at": run.started_at, "finished_at": None,
                                     "config": {"programs": len(tasks), "rate": rate, "max_turns": self.max_turns,
-                                               "time_limit_s": self.time_limit_s, "tool_format": self.tool_format}})
+                                               "time_limit_s": self.time_limit_s, "tool_format": self.tool_format,
+                                               "retention": self.retention.policy_name if self.retention else None,
+                                               "tenant": self.tenant}})
         offsets = poisson_arrivals(len(tasks), rate, seed)
         bar = _progress(len(tasks)) if self.progress else None
         results: list[ProgramResult | None] = [None] * len(tasks)
@@ -150,7 +152,8 @@ class Runtime:
                     self.store.insert(Program, {
                         "id": r.program_id, "run_id": run.run_id, "index": i, "task": _text(r.task),
                         "status": r.status, "arrival_at": r.arrival_at, "started_at": None,
-                        "finished_at": r.finished_at, "jct_s": None, "turns": 0, "result": None, "error": r.error})
+                        "finished_at": r.finished_at, "jct_s": None, "turns": 0, "result": None, "error": r.error,
+                        "tenant": self.tenant})
         run.programs = results
         if bar is not None:
             bar.close()
@@ -171,7 +174,8 @@ class Runtime:
         if self.store:
             self.store.insert(Program, {"id": pid, "run_id": run.run_id, "index": index, "task": _text(task),
                                         "status": "running", "arrival_at": arrival_at, "started_at": res.started_at,
-                                        "finished_at": None, "jct_s": None, "turns": 0, "result": None, "error": None})
+                                        "finished_at": None, "jct_s": None, "turns": 0, "result": None, "error": None,
+                                        "tenant": self.tenant})
         try:
             with anyio.fail_after(self.time_limit_s):
                 res.result = await agent(ctx, task)

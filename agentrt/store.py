@@ -13,7 +13,22 @@ import queue
 import threading
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql import Select
 
@@ -46,6 +61,7 @@ class Program(Base):
     turns: Mapped[int | None] = mapped_column(Integer)
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    tenant: Mapped[str | None] = mapped_column(String(200), index=True)  # the ProgramHint's; None: no tenancy
 
 
 class LLMCall(Base):
@@ -65,6 +81,8 @@ class LLMCall(Base):
     prompt: Mapped[str | None] = mapped_column(Text)  # the last message sent (the whole history is redundant)
     output: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    # the program's KV pin from its previous turn was still held when this call was sent (None: unknown)
+    pin_held: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class ToolCallRow(Base):
@@ -113,7 +131,20 @@ def open_db(db: str):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
     Base.metadata.create_all(eng)
+    _add_missing_columns(eng)
     return eng
+
+
+def _add_missing_columns(eng) -> None:
+    """A database written before a column was added gets it, so old runs stay readable: added
+    columns are nullable and old rows read as NULL (unknown)."""
+    inspector = inspect(eng)
+    with eng.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have:
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(eng.dialect)}"))
 
 
 class Store:

@@ -52,6 +52,7 @@ class ChatReply:
     output_tokens: int = 0
     timings: LLMTimings | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
+    pin_held: bool | None = None  # the program's KV pin was still held when the call was sent (None: unknown)
     format_error: str | None = None  # set when the reply tried to call a tool but the call did not parse
 
     def as_message(self) -> dict:

@@ -35,6 +35,7 @@ class EmbeddedBackend(Backend):
                    tools: list[dict] | None = None, last_tool: str | None = None,
                    prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
         queued = time.time()
+        held = hint.program_id is not None and hint.program_id in self.aengine.engine.pins.pins
         prompt = self.aengine.engine.apply_chat_template(messages) + (prefill or "")
         out = await self.aengine.complete(prompt, params, hint=hint, retention=retention)
         wall, mono = time.time(), time.monotonic()
@@ -42,10 +43,12 @@ class EmbeddedBackend(Backend):
         timings = LLMTimings(queued, _epoch(m.first_scheduled_time, wall, mono),
                              _epoch(m.first_token_time, wall, mono), _epoch(m.finish_time, wall, mono))
         return ChatReply((prefill or "") + out.text, out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
-                         len(out.token_ids), timings)
+                         len(out.token_ids), timings, pin_held=held)
 
     def sample(self) -> dict:
         e = self.aengine.engine
+        pins = list(e.pins.pins.values())  # one C-level copy: the engine thread mutates the dict
         return {"blocks_total": e.pool.num_blocks, "blocks_free": e.pool.num_free,
-                "blocks_used": e.pool.num_blocks - e.pool.num_free, "blocks_pinned": 0,
+                "blocks_used": e.pool.num_blocks - e.pool.num_free,
+                "blocks_pinned": len({b.block_id for p in pins for b in p.blocks}),
                 "running": len(e.scheduler.running), "waiting": len(e.scheduler.waiting)}
