@@ -2,6 +2,9 @@
 
 - `cpu_attention`: paged decode attention in C for CPUs (compiled on first use with the system cc),
   reference `paged_decode_attention_ref`.
-The Triton kernels for GPUs (paged attention with explicit query positions, KV store, RoPE shift)
-land with their own issue; the engine's torch attention backend is their reference too.
+- Triton kernels for GPUs (tested on CPU under `TRITON_INTERPRET=1`): `paged_attention` (varlen
+  queries with explicit positions over a block table, GQA, split-KV decode), `kv_store` (K/V into
+  cache slots), `rope` (re-rotate cached K by a position delta). `_triton` makes triton optional:
+  the references run without it.
+This package knows tensors only; it never imports the engine.
 """
