@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -11,6 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter, which triton picks when a
+# kernel is decorated (its module's first import): set it before anything imports kernels/.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from engine.tiny import make_tiny_model
 
