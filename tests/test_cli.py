@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -63,11 +65,16 @@ def test_killed_run_leaves_a_readable_database(tmp_path, tiny_model_dir):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # SIGKILL mid-write left no torn page
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     rep = agentrt("report", "--db", str(db), "--json")
     assert rep.returncode == 0, rep.stderr
     data = json.loads(rep.stdout)
     assert data["by_status"] == {"finished": 2, "running": 2} and len(data["unfinished"]) == 2
-    assert "did not finish" in agentrt("report", "--db", str(db)).stdout
+    sleeping = {r["id"] for r in read_rows(str(db), Program) if r["task"] == "20"}
+    assert set(data["unfinished"]) == sleeping  # exactly the programs that were mid-tool
+    text = agentrt("report", "--db", str(db)).stdout
+    assert "did not finish" in text and all(pid[:12] in text for pid in sleeping)
 
 
 def test_serve_answers_over_http_and_stops_on_sigint(tiny_model_dir):

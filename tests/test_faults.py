@@ -13,7 +13,9 @@ import anyio
 import httpx
 import torch
 
+from agentrt import Runtime, ShellTool, StubBackend, tool
 from agentrt.server import create_app
+from agentrt.store import ToolCallRow, read_rows
 from engine import AsyncEngine, Engine, SamplingParams
 from tests.conftest import serve
 
@@ -108,3 +110,56 @@ def test_server_answers_a_model_failure_as_an_error_and_serves_the_rest(tiny_mod
         engine.pool.check_integrity()
         assert engine.pool.num_free == engine.pool.num_blocks
         assert httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code == 200
+
+
+# ---- tools ---------------------------------------------------------------------------------------
+
+def test_a_program_survives_tools_that_hang_crash_and_flood(tmp_path):
+    """Each bad tool comes back as a bounded result; the program goes on to its next turn."""
+    db = str(tmp_path / "faults.db")
+
+    @tool(timeout_s=0.3)
+    async def hang() -> str:
+        await anyio.sleep(3600)
+
+    @tool(timeout_s=0.3)
+    def hang_in_thread() -> str:
+        time.sleep(3)  # a sync tool cannot be killed: its thread is abandoned, the call returns
+        return "too late"
+
+    @tool
+    def crash() -> str:
+        raise RuntimeError("segfault in a C extension")
+
+    @tool
+    def flood() -> str:
+        return "é" * 1_000_000  # 2 MB of UTF-8; the cap must not cut a character in half
+
+    sh = ShellTool(tmp_path, timeout_s=0.5, max_output_bytes=10_000)
+    calls = [("hang", {}), ("hang_in_thread", {}), ("crash", {}), ("flood", {}),
+             ("bash", {"command": "sleep 60; echo never"}), ("bash", {"command": "echo before; kill -SEGV $$"}),
+             ("bash", {"command": "head -c 1000000 /dev/zero | tr '\\0' y"})]
+    seen = {}
+
+    async def agent(ctx, task):
+        for name, args in calls:
+            t0 = time.monotonic()
+            r = await ctx.tool(name, **args)
+            seen[f"{name} {args}"] = (r, time.monotonic() - t0)
+        return (await ctx.chat([{"role": "user", "content": "go on"}])).text
+
+    res = Runtime(StubBackend(lambda m, h: "done"), db=db, tools=[hang, hang_in_thread, crash, flood, sh]).run(
+        agent, [None])
+    assert res.programs[0].status == "finished" and res.programs[0].result == "done"
+    results = list(seen.values())
+    assert [r.ok for r, _ in results] == [False, False, False, True, False, False, True]
+    for r, wall in results[:2] + results[4:5]:
+        assert "timed out" in r.output and wall < 2.5
+    assert results[2][0].error == "exception" and "segfault in a C extension" in results[2][0].output
+    for r, _ in (results[3], results[6]):
+        assert len(r.output.encode()) <= 10_100 and r.output.endswith("[output truncated to 10000 bytes]")
+    assert results[3][0].output.startswith("é" * 100)
+    segv = results[5][0]
+    assert segv.exit_code == -11 and "before" in segv.output and "SIGSEGV" in segv.output
+    rows = read_rows(db, ToolCallRow)
+    assert len(rows) == len(calls) and all(len(r["output"]) <= 10_100 for r in rows)

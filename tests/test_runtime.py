@@ -108,7 +108,9 @@ def test_failures_timeouts_and_turn_limits_are_isolated(tmp_path):
     assert "ValueError: bad task" in res.programs[0].error and "Traceback" in res.programs[0].error
     assert res.programs[2].turns == 4 and "limit of 4 turns" in res.programs[2].error
     rows = {p["index"]: p for p in read_rows(db, Program)}
-    assert rows[0]["status"] == "failed" and "bad task" in rows[0]["error"] and rows[1]["status"] == "timeout"
+    assert rows[0]["status"] == "failed" and rows[1]["status"] == "timeout"
+    # the stored error is the whole traceback, down to the agent's line that raised
+    assert rows[0]["error"].startswith("Traceback") and 'raise ValueError("bad task")' in rows[0]["error"]
 
 
 def test_cancelling_a_run_records_every_program():
