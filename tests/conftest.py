@@ -1,11 +1,15 @@
 """Shared fixtures and helpers: a tiny random Llama directory (fast tests), the real default model
-(parity tests), the HF greedy reference, and a real uvicorn server on loopback."""
+(parity tests), the HF greedy reference, a real uvicorn server on loopback, and `agentrt serve` as a
+real process."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -99,3 +103,34 @@ def serve(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, port: int, host: str = "127.0.0.1") -> Iterator[subprocess.Popen]:
+    """Runs `agentrt serve ARGS --port PORT` as a real process until its /health answers (checked
+    on `host`); stops it with SIGINT (as Ctrl-C would) and checks that it exits cleanly."""
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "agentrt", "serve", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://{host}:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None, f"server exited: {proc.stderr.read().decode()[-2000:]}"
+                time.sleep(0.2)
+        else:
+            raise AssertionError(f"server did not come up: {proc.stderr.read1().decode()[-2000:]}")
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0

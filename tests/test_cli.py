@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from agentrt.store import Program, read_rows
+from tests.conftest import free_port, serve_process
 
 AGENTS = Path(__file__).parent / "agents"
 
@@ -78,29 +79,11 @@ def test_killed_run_leaves_a_readable_database(tmp_path, tiny_model_dir):
 
 
 def test_serve_answers_over_http_and_stops_on_sigint(tiny_model_dir):
-    import socket
-
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "agentrt", "serve", "--model", str(tiny_model_dir), "--port",
-                             str(port), "--served-model-name", "tiny", "--kv-cache-tokens", "2048"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError(f"server did not come up: {proc.stderr.read1().decode()[-2000:]}")
+    port = free_port()
+    with serve_process("--model", str(tiny_model_dir), "--served-model-name", "tiny", "--kv-cache-tokens", "2048",
+                       port=port):
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
         resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30)
         assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] <= 3
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
