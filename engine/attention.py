@@ -11,8 +11,8 @@ layer. `TorchAttentionBackend` is the reference: it writes new K/V into their sl
 - decodes (one query each): one batched SDPA over the gathered, padded tiles of all decoding sequences.
 Gathers write into reused workspace buffers: fresh multi-MB tensors per layer cost more in page
 faults than the copy itself on CPU. It is correct on CPU and CUDA. `CpuAttentionBackend` replaces
-the decode path with a C kernel that reads the tiles in place; the Triton backend (kernels/) will
-implement the same interface for GPUs.
+the decode path with a C kernel that reads the tiles in place; `TritonAttentionBackend`
+(engine/attention_triton.py) implements the same interface for GPUs with the kernels in kernels/.
 """
 
 from __future__ import annotations
@@ -153,14 +153,24 @@ class CpuAttentionBackend(TorchAttentionBackend):
 
 
 def make_attention_backend(name: str, k_cache: torch.Tensor, v_cache: torch.Tensor) -> AttentionBackend:
-    """`auto` takes the C decode kernel on a float32 CPU cache when it compiles here, else torch."""
+    """`auto` takes the Triton kernels on a CUDA cache (when triton is installed), the C decode kernel
+    on a float32 CPU cache when it compiles here, else torch."""
     if name == "auto":
-        cpu_ok = k_cache.device.type == "cpu" and k_cache.dtype == torch.float32 and cpu_attention.available()
-        name = "cpu" if cpu_ok else "torch"
+        if k_cache.device.type == "cuda":
+            from kernels import _triton
+
+            name = "triton" if _triton.AVAILABLE else "torch"
+        else:
+            cpu_ok = k_cache.device.type == "cpu" and k_cache.dtype == torch.float32 and cpu_attention.available()
+            name = "cpu" if cpu_ok else "torch"
+    if name == "triton":  # imported here: CPU-only runs never load triton
+        from engine.attention_triton import TritonAttentionBackend
+
+        return TritonAttentionBackend(k_cache, v_cache)
     if name == "torch":
         return TorchAttentionBackend(k_cache, v_cache)
     if name == "cpu":
         if not cpu_attention.available():
             raise ValueError("attention backend 'cpu' needs a working C compiler (cc) on this machine")
         return CpuAttentionBackend(k_cache, v_cache)
-    raise ValueError(f"unknown attention backend {name!r}; choose from 'auto', 'torch', 'cpu'")
+    raise ValueError(f"unknown attention backend {name!r}; choose from 'auto', 'torch', 'cpu', 'triton'")

@@ -30,3 +30,8 @@ def require() -> None:
     if not AVAILABLE:
         raise RuntimeError("this kernel needs triton (Linux: pip install 'triton>=3.6'); "
                            "the *_ref function beside it computes the same on any device")
+
+
+def interpreting() -> bool:
+    """True when kernels run in Triton's interpreter (CPU tensors), as TRITON_INTERPRET=1 asks."""
+    return AVAILABLE and bool(triton.knobs.runtime.interpret)

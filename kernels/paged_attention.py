@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,8 @@ import torch.nn.functional as F
 from kernels._triton import require, tl, triton
 from kernels.cpu_attention import paged_decode_attention_ref
 
-__all__ = ["paged_attention", "paged_attention_ref", "paged_decode_attention", "paged_decode_attention_ref"]
+__all__ = ["TilePlan", "decode_splits", "paged_attention", "paged_attention_ref", "paged_decode_attention",
+           "paged_decode_attention_ref", "plan_tiles"]
 
 _LOG2E = 1.4426950408889634
 
@@ -194,22 +196,40 @@ def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block
     return out
 
 
-def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                    cu_seqlens_q: Sequence[int] | torch.Tensor, q_pos: torch.Tensor, scale: float, *,
-                    num_splits: int = 1, block_q: int | None = None, block_n: int | None = None) -> torch.Tensor:
-    """Triton kernel; same contract as `paged_attention_ref`. `cu_seqlens_q` is read on the host (one
-    sync if it is a device tensor). block_q / block_n override the tile sizes (tests use them to put
-    tile edges on page edges and between them)."""
+@dataclass(frozen=True, slots=True)
+class TilePlan:
+    """The query tiles of a varlen batch: tile i covers query rows [lo[i], hi[i]) of sequence seq[i]."""
+
+    seq: torch.Tensor  # [tiles] int32
+    lo: torch.Tensor
+    hi: torch.Tensor
+    block_q: int
+
+
+def plan_tiles(cu_seqlens_q: Sequence[int] | torch.Tensor, heads: int, kv_heads: int, device: torch.device,
+               block_q: int | None = None) -> TilePlan:
+    """Cuts each sequence's queries into tiles (host work, once per batch: every layer reuses it)."""
     cu = [int(x) for x in cu_seqlens_q]
-    group = q.shape[1] // k_cache.shape[1]
     longest = max((b - a for a, b in itertools.pairwise(cu)), default=0)
     # Aim at 64 rows of (query, head) per program: enough for tensor cores without wasting decodes.
-    block_q = block_q or min(triton.next_power_of_2(max(longest, 1)), max(1, 64 // group))
+    block_q = block_q or min(triton.next_power_of_2(max(longest, 1)), max(1, 64 // (heads // kv_heads)))
     tiles = [(s, t, min(t + block_q, hi)) for s, (lo, hi) in enumerate(itertools.pairwise(cu))
              for t in range(lo, hi, block_q)]
-    tile_seq, tile_lo, tile_hi = torch.tensor(tiles, dtype=torch.int32).reshape(-1, 3).T.contiguous().to(q.device)
-    return _attend(q, k_cache, v_cache, block_tables, tile_seq, tile_lo, tile_hi, q_pos, scale, block_q, num_splits,
-                   block_n)
+    seq, lo, hi = torch.tensor(tiles, dtype=torch.int32).reshape(-1, 3).T.contiguous().to(device)
+    return TilePlan(seq, lo, hi, block_q)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                    cu_seqlens_q: Sequence[int] | torch.Tensor, q_pos: torch.Tensor, scale: float, *,
+                    num_splits: int = 1, plan: TilePlan | None = None, block_q: int | None = None,
+                    block_n: int | None = None) -> torch.Tensor:
+    """Triton kernel; same contract as `paged_attention_ref`. `cu_seqlens_q` is read on the host (one
+    sync if it is a device tensor) unless `plan` (from `plan_tiles` on the same cu_seqlens_q) is given.
+    block_q / block_n override the tile sizes (tests put tile edges on page edges and between them)."""
+    if plan is None:
+        plan = plan_tiles(cu_seqlens_q, q.shape[1], k_cache.shape[1], q.device, block_q)
+    return _attend(q, k_cache, v_cache, block_tables, plan.seq, plan.lo, plan.hi, q_pos, scale, plan.block_q,
+                   num_splits, block_n)
 
 
 def decode_splits(batch: int, kv_heads: int, max_kv_len: int, device: torch.device) -> int:
