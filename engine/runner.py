@@ -14,6 +14,7 @@ import torch
 
 from engine.attention import AttentionMetadata, PrefillSpan, make_attention_backend
 from engine.config import ModelConfig
+from engine.cuda_graphs import make_decode_graphs
 from engine.model import LlamaModel
 from engine.request import Request
 
@@ -27,6 +28,9 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.attn = make_attention_backend(attention_backend, self.k_cache, self.v_cache)
+        # Decode-only steps replay CUDA graphs with a Triton backend on CUDA (engine/cuda_graphs.py); None elsewhere.
+        max_blocks = -(-min(cfg.max_position_embeddings, num_blocks * block_size) // block_size)
+        self.graphs = make_decode_graphs(model, self.attn, max_blocks)
         self.last_forward_s = 0.0
 
     @staticmethod
@@ -35,6 +39,13 @@ class ModelRunner:
 
     def _tensor(self, data) -> torch.Tensor:
         return torch.tensor(data, dtype=torch.int64, device=self.device)
+
+    def _forward(self, meta: AttentionMetadata, tokens: list[int], positions: list[int],
+                 logits_idx: list[int]) -> torch.Tensor:
+        token_ids, pos, idx = self._tensor(tokens), self._tensor(positions), self._tensor(logits_idx)
+        if self.graphs is not None and self.graphs.can_run(meta):
+            return self.graphs.run(token_ids, pos, meta).index_select(0, idx)
+        return self.model(token_ids, pos, idx, self.attn)
 
     def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
         """Runs one forward pass; returns logits [k, vocab] and the k requests they belong to."""
@@ -80,7 +91,7 @@ class ModelRunner:
         t0 = time.perf_counter()
         self.attn.begin_step(meta)
         with torch.inference_mode():
-            logits = self.model(self._tensor(tokens), self._tensor(positions), self._tensor(logits_idx), self.attn)
+            logits = self._forward(meta, tokens, positions, logits_idx)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.last_forward_s = time.perf_counter() - t0
