@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build; a GPU user installs a CUDA build of torch into $(VENV) first (see README).
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.agentrt-installed
+BFCL_SPECS := bfcl-eval==2026.3.23 tree_sitter==0.21.3 tree-sitter-java==0.21.0 tree-sitter-javascript==0.21.4 overrides==7.7.0
 
 .PHONY: install run test bench clean
 
@@ -14,7 +15,10 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,clients]"
+	@# bfcl-eval pins numpy 1.x and dozens of API SDKs; the BFCL runner needs only its data, tool classes and
+	@# checker (plus mpmath, in dev), and its OpenAI handler only the tree-sitter parsers and overrides
+	$(PY) -m pip install -q --no-deps $(BFCL_SPECS)
 	@touch $(STAMP)
 
 run: install

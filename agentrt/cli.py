@@ -1,9 +1,13 @@
 """`agentrt` command line: `run` agent programs, `report` a run's JCT, `serve` the OpenAI-compatible API.
 
     agentrt run AGENT.py [--programs N] [--rate R] [--backend embedded|openai --base-url URL ...] [--db URL]
-    agentrt report [--db URL] [--run ID] [--json]
+    agentrt report [--db URL] [--run ID] [--json] [--html OUT] [--png DIR [--compare ID]]
+    agentrt dashboard [--db URL] [--host 127.0.0.1] [--port 8050] [--tenant-keys FILE]
+    agentrt bfcl [--category base|long_context|miss_func|miss_param] [--limit N] [--oracle] [--tool-delay D] [--json OUT]
+    agentrt swe --instances FILE.jsonl [--workdir DIR] [--step-limit N] [--predictions OUT]
     agentrt serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
     agentrt bench jct --traces DIR [--programs N] [--rate R] [--policy P ...] [--kv-blocks K] [--json OUT]
+    agentrt bench reuse [--requests N] [--docs K] [--method M ...] [--json OUT]
 
 AGENT.py defines `async def agent(ctx, task)` and optionally `tasks` (a list, or a function of the
 number of programs returning one) and `RUNTIME`, a dict of `Runtime` options (tools, tool_format,
@@ -44,8 +48,25 @@ def _tasks(module, n: int | None) -> list:
     return [tasks[i % len(tasks)] for i in range(n)]  # cycle through the given tasks
 
 
-def cmd_run(args) -> int:
+def make_backend(args):
+    """The backend named by --backend/--base-url/--model/--api-key."""
     from agentrt.backends import EmbeddedBackend, OpenAIBackend
+
+    if args.backend == "openai":
+        if not args.base_url:
+            raise SystemExit("agentrt: --backend openai needs --base-url (repeat it for several servers)")
+        return OpenAIBackend(args.base_url, model=args.model, api_key=args.api_key)
+    return EmbeddedBackend(model=args.model)
+
+
+def add_backend_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--backend", choices=["embedded", "openai"], default="embedded")
+    ap.add_argument("--base-url", action="append", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    ap.add_argument("--model", help="model directory (embedded) or served model name (openai)")
+    ap.add_argument("--api-key", help="API key for --backend openai")
+
+
+def cmd_run(args) -> int:
     from agentrt.report import format_report, run_report
     from agentrt.runtime import Runtime
 
@@ -54,13 +75,7 @@ def cmd_run(args) -> int:
     for flag, key in (("max_turns", "max_turns"), ("time_limit", "time_limit_s"), ("tool_format", "tool_format")):
         if getattr(args, flag) is not None:
             options[key] = getattr(args, flag)
-    if args.backend == "openai":
-        if not args.base_url:
-            raise SystemExit("agentrt: --backend openai needs --base-url (repeat it for several servers)")
-        backend = OpenAIBackend(args.base_url, model=args.model, api_key=args.api_key)
-    else:
-        backend = EmbeddedBackend(model=args.model)
-    runtime = Runtime(backend, db=args.db, progress=not args.no_progress, name=Path(args.agent).stem, **options)
+    runtime = Runtime(make_backend(args), db=args.db, progress=not args.no_progress, name=Path(args.agent).stem, **options)
     result = runtime.run(module.agent, _tasks(module, args.programs), rate=args.rate, seed=args.seed)
     rep = run_report(args.db, result.run_id)
     print(json.dumps(rep, indent=2, default=str) if args.json else format_report(rep))
@@ -74,6 +89,26 @@ def cmd_report(args) -> int:
         raise SystemExit(f"agentrt: no database at {args.db}")
     rep = run_report(args.db, args.run)
     print(json.dumps(rep, indent=2, default=str) if args.json else format_report(rep))
+    if args.html:
+        from agentrt.dashboard.export import write_html
+
+        print(f"wrote {write_html(args.db, args.html)}", file=sys.stderr)
+    if args.png:
+        from agentrt.dashboard.export import write_png
+
+        compare = run_report(args.db, args.compare)["run_id"] if args.compare else None
+        for path in write_png(args.db, args.png, rep["run_id"], compare):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from agentrt.dashboard import load_tenant_keys, run_dashboard
+
+    if "://" not in args.db and not Path(args.db).exists():
+        raise SystemExit(f"agentrt: no database at {args.db}")
+    keys = load_tenant_keys(args.tenant_keys) if args.tenant_keys else None
+    run_dashboard(args.db, host=args.host, port=args.port, tenant_keys=keys)
     return 0
 
 
@@ -88,10 +123,43 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_bfcl(args) -> int:
+    from agentrt.workloads.bfcl import ToolDelay, format_scores, run_bfcl
+
+    delay = ToolDelay.parse(args.tool_delay, seed=args.seed)
+    scores = run_bfcl(make_backend(args), args.category or ["base"], limit=args.limit, oracle=args.oracle,
+                      delay=delay, db=args.db, rate=args.rate, seed=args.seed, max_tokens=args.max_tokens,
+                      progress=not args.no_progress)
+    print(format_scores(scores))
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores if len(scores) > 1 else next(iter(scores.values())), indent=2))
+    return 0
+
+
+def cmd_swe(args) -> int:
+    from agentrt.workloads.swe import format_summary, load_instances, run_swe
+
+    summary = run_swe(make_backend(args), load_instances(args.instances), workdir=args.workdir,
+                      step_limit=args.step_limit, prefill=args.prefill, db=args.db, predictions_out=args.predictions,
+                      timings_out=args.timings, run_tests=not args.no_tests, max_tokens=args.max_tokens,
+                      progress=not args.no_progress)
+    print(format_summary(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_bench_jct(args) -> int:
     from agentrt.bench_jct import main as bench_jct
 
     bench_jct(args)
+    return 0
+
+
+def cmd_bench_reuse(args) -> int:
+    from agentrt.bench_reuse import main as bench_reuse
+
+    bench_reuse(args)
     return 0
 
 
@@ -104,10 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--programs", type=int, help="number of programs (default: one per task)")
     run.add_argument("--rate", type=float, help="Poisson arrivals, programs per second (default: all at once)")
     run.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
-    run.add_argument("--backend", choices=["embedded", "openai"], default="embedded")
-    run.add_argument("--base-url", action="append", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    run.add_argument("--model", help="model directory (embedded) or served model name (openai)")
-    run.add_argument("--api-key", help="API key for --backend openai")
+    add_backend_arguments(run)
     run.add_argument("--db", default="agentrt.db", help="SQLAlchemy URL or SQLite file (default: agentrt.db)")
     run.add_argument("--max-turns", type=int)
     run.add_argument("--time-limit", type=float, help="seconds per program")
@@ -120,7 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--db", default="agentrt.db")
     rep.add_argument("--run", help="run id or prefix (default: the latest run)")
     rep.add_argument("--json", action="store_true")
+    rep.add_argument("--html", metavar="OUT", help="also write the dashboard page of all runs as one self-contained file")
+    rep.add_argument("--png", metavar="DIR", help="also write JCT CDF, timeline and KV usage plots (PNG) here")
+    rep.add_argument("--compare", metavar="ID", help="a second run for the --png JCT CDF")
     rep.set_defaults(func=cmd_report)
+
+    dash = sub.add_parser("dashboard", help="web page of runs in the store (live while a run writes)")
+    dash.add_argument("--db", default="agentrt.db", help="SQLAlchemy URL or SQLite file (default: agentrt.db)")
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8050)
+    dash.add_argument("--tenant-keys", metavar="FILE",
+                      help='JSON {"API key": "tenant"}: each key sees only its tenant\'s programs')
+    dash.set_defaults(func=cmd_dashboard)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     jct = bench.add_parser("jct", help="replay recorded agent sessions under each serving policy")
@@ -128,6 +204,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(jct)
     jct.set_defaults(func=cmd_bench_jct)
+    reuse = bench.add_parser("reuse", help="KV reuse beyond exact prefixes (KVShare/DHD): TTFT and quality")
+    from agentrt.bench_reuse import add_arguments as add_reuse_arguments
+
+    add_reuse_arguments(reuse)
+    reuse.set_defaults(func=cmd_bench_reuse)
+
+    bfcl = sub.add_parser("bfcl", help="BFCL v4 multi-turn entries against BFCL's own tools, scored by its checker")
+    bfcl.add_argument("--category", action="append", choices=["base", "long_context", "miss_func", "miss_param"],
+                      help="multi-turn category (repeat for several; default: base)")
+    bfcl.add_argument("--limit", type=int, help="first N entries of each category (default: all 200)")
+    add_backend_arguments(bfcl)
+    bfcl.add_argument("--oracle", action="store_true", help="run the ground-truth calls instead of the model's")
+    bfcl.add_argument("--tool-delay", default="none",
+                      help="injected tool latency: none, fixed:S, lognormal:MEDIAN:SIGMA or trace[:PATH.jsonl]")
+    bfcl.add_argument("--rate", type=float, help="Poisson arrivals, programs per second (default: all at once)")
+    bfcl.add_argument("--seed", type=int, default=0)
+    bfcl.add_argument("--max-tokens", type=int, default=128, help="per LLM call")
+    bfcl.add_argument("--db", default="agentrt.db", help="SQLAlchemy URL or SQLite file (default: agentrt.db)")
+    bfcl.add_argument("--json", help="write {entries, accuracy, mean_jct_s, ...} (per category if several) here")
+    bfcl.add_argument("--no-progress", action="store_true")
+    bfcl.set_defaults(func=cmd_bfcl)
+
+    swe = sub.add_parser("swe", help="SWE-bench-format instances (local repositories) in a mini-swe-agent-style loop")
+    swe.add_argument("--instances", required=True, help="JSONL: instance_id, repo/repo_path, base_commit, "
+                     "problem_statement, test_cmd[, test_patch]")
+    swe.add_argument("--workdir", default="swe-work", help="where the sandboxed checkouts go (default: swe-work)")
+    add_backend_arguments(swe)
+    swe.add_argument("--step-limit", type=int, default=20, help="LLM turns per instance")
+    swe.add_argument("--prefill", action="store_true", help="start every reply inside a ```bash block (small models)")
+    swe.add_argument("--max-tokens", type=int, default=256, help="per LLM call")
+    swe.add_argument("--predictions", help="write SWE-bench's predictions JSONL here")
+    swe.add_argument("--timings", help="write every bash action's duration as toolpredict records (JSONL) here")
+    swe.add_argument("--no-tests", action="store_true", help="do not run test_cmd on the patches")
+    swe.add_argument("--db", default="agentrt.db", help="SQLAlchemy URL or SQLite file (default: agentrt.db)")
+    swe.add_argument("--json", help="write the per-instance results here")
+    swe.add_argument("--no-progress", action="store_true")
+    swe.set_defaults(func=cmd_swe)
 
     srv = sub.add_parser("serve", help="OpenAI-compatible server over the embedded engine")
     srv.add_argument("--model", help="model directory or .gguf (default: SmolLM2-135M-Instruct)")
