@@ -45,6 +45,8 @@ class AttentionMetadata:
     decode_token_idx: torch.Tensor | None  # [num_decodes] flat index of each decode query
     decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64, padded with block 0
     decode_ctx_lens: torch.Tensor | None  # [num_decodes] int64: tokens each decode attends to
+    probe_idx: torch.Tensor | None = None  # flat tokens whose query `observe` keeps at probe_layer
+    probe_layer: int = -1
 
 
 class AttentionBackend:
@@ -54,6 +56,7 @@ class AttentionBackend:
         self.k_cache, self.v_cache = k_cache, v_cache
         _, self.num_blocks, self.kv_heads, self.block_size, self.head_dim = k_cache.shape
         self.meta: AttentionMetadata | None = None
+        self.probe_q: torch.Tensor | None = None
 
     def tile_rows(self, block_ids: torch.Tensor) -> torch.Tensor:
         """[..., n] block ids -> [..., kv_heads * n] rows of the `[blocks * kv_heads, bs * hd]` view, head-major."""
@@ -63,6 +66,14 @@ class AttentionBackend:
 
     def begin_step(self, meta: AttentionMetadata) -> None:
         self.meta = meta
+        self.probe_q = None
+
+    def observe(self, layer: int, q: torch.Tensor) -> None:
+        """Called by the model before `forward`: keeps the probed tokens' queries at the probe layer
+        (KVShare's decode stage reads them to see where attention has moved)."""
+        meta = self.meta
+        if meta.probe_idx is not None and layer == meta.probe_layer:
+            self.probe_q = q.index_select(0, meta.probe_idx)
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -123,7 +134,7 @@ class TorchAttentionBackend(AttentionBackend):
         for span in meta.prefills:
             qs = q[span.start:span.end].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
             n = span.end - span.start
-            if span.ctx_len == 0:
+            if span.tiles is None:
                 ks = k[span.start:span.end].transpose(0, 1).unsqueeze(0)
                 vs = v[span.start:span.end].transpose(0, 1).unsqueeze(0)
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)

@@ -4,8 +4,12 @@ Invariants (checked by `check_integrity()`):
 - a block is in the free queue iff its ref_count is 0; ref counts are never negative;
 - a block with a hash is in the prefix index under that hash, and the index holds nothing else;
 - free blocks keep their hash (and content) until they are reused, so a later request with the same
-  prefix can revive them; the free queue hands out the least recently freed block first.
+  prefix can revive them; the free queue hands out the least recently freed block first;
+- a block in the content index (KVShare reuse at other positions) also has a hash, and leaves both
+  indexes together when it is reused.
 A block's hash covers its parent's hash, its tokens and a salt, so equal hashes mean equal prefixes.
+The content index keys a block by its tokens alone (plus a scope salt) and remembers the block's
+position in its sequence, so that its KV can be copied into another prompt and re-rotated.
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ def hash_block(parent: bytes | None, token_ids: Sequence[int], salt: str | None 
     return h.digest()
 
 
+ContentKey = tuple  # (scope salt, token ids of one full block)
+
+
 class Block:
-    __slots__ = ("block_id", "ref_count", "block_hash", "prev", "next")
+    __slots__ = ("block_id", "ref_count", "block_hash", "content_key", "position", "prev", "next")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
         self.block_hash: bytes | None = None
+        self.content_key: ContentKey | None = None  # set while the block is in the content index
+        self.position = 0  # position of the block's first token in the sequence that computed it
         self.prev: Block | None = None
         self.next: Block | None = None
 
@@ -103,6 +112,31 @@ class PrefixIndex:
         return self._by_hash.items()
 
 
+class ContentIndex:
+    """Maps a block's token content (and scope salt) to the latest cached block that holds it."""
+
+    def __init__(self):
+        self._by_key: dict[ContentKey, Block] = {}
+
+    def get(self, key: ContentKey) -> Block | None:
+        return self._by_key.get(key)
+
+    def insert(self, block: Block, key: ContentKey, position: int) -> None:
+        old = self._by_key.get(key)
+        if old is not None:
+            old.content_key = None
+        block.content_key, block.position = key, position
+        self._by_key[key] = block
+
+    def evict(self, block: Block) -> None:
+        if block.content_key is not None:
+            del self._by_key[block.content_key]
+            block.content_key = None
+
+    def items(self):
+        return self._by_key.items()
+
+
 class BlockPool:
     def __init__(self, num_blocks: int, enable_prefix_caching: bool = True):
         if num_blocks <= 0:
@@ -112,6 +146,7 @@ class BlockPool:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_queue = FreeBlockQueue(self.blocks)
         self.index = PrefixIndex()
+        self.content = ContentIndex()
 
     @property
     def num_free(self) -> int:
@@ -125,6 +160,7 @@ class BlockPool:
         for _ in range(n):
             block = self.free_queue.popleft()
             self.index.evict(block)
+            self.content.evict(block)
             block.ref_count = 1
             out.append(block)
         return out
@@ -149,15 +185,23 @@ class BlockPool:
             if block.ref_count == 0:
                 self.free_queue.append(block)
 
-    def cache_block(self, block: Block, block_hash: bytes) -> bool:
-        """Registers a full, computed block in the prefix index; False if the prefix was already cached."""
-        if not self.enable_prefix_caching:
+    def cache_block(self, block: Block, block_hash: bytes, content_key: ContentKey | None = None,
+                    position: int = 0) -> bool:
+        """Registers a full, computed block in the prefix index (and, given a key, the content index);
+        False if the prefix was already cached."""
+        if not self.enable_prefix_caching or not self.index.insert(block, block_hash):
             return False
-        return self.index.insert(block, block_hash)
+        if content_key is not None:
+            self.content.insert(block, content_key, position)
+        return True
+
+    def lookup_content(self, key: ContentKey) -> Block | None:
+        return self.content.get(key)
 
     def reset_prefix_cache(self) -> None:
         for block in self.blocks:
             self.index.evict(block)
+            self.content.evict(block)
 
     def check_integrity(self) -> None:
         free_ids = [b.block_id for b in self.free_queue]
@@ -174,3 +218,9 @@ class BlockPool:
         for h, b in self.index.items():
             if b.block_hash != h:
                 raise AssertionError(f"index maps a hash to {b!r}, which has another hash")
+        for key, b in self.content.items():
+            if b.content_key != key or b.block_hash is None:
+                raise AssertionError(f"content index maps a key to {b!r}, which has another key or no hash")
+        for b in self.blocks:
+            if b.content_key is not None and self.content.get(b.content_key) is not b:
+                raise AssertionError(f"{b!r} has a content key the content index does not map to it")

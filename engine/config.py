@@ -85,11 +85,18 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"
-    attention_backend: str = "auto"  # auto | torch | cpu
+    attention_backend: str = "auto"  # auto | torch | cpu | triton
     matmul: str = "auto"  # auto | torch | onednn (see engine.model.pick_linear)
     seed: int = 0
     profile_reload: bool = False  # time prefills at start-up for the reload model (engine/reload.py)
     num_threads: int | None = None
+    # KVShare (engine/kvshare.py): reuse cached KV found at other positions, with selective recompute
+    kv_reuse: str = "off"  # off | naive | cacheblend | dhd
+    kv_reuse_ratio: float = 0.2  # share of reused tokens recomputed
+    kv_reuse_check_layer: int = 1
+    kv_reuse_drift: float = 0.9  # dhd decode stage: cosine threshold of attention drift (0: off)
+    kv_reuse_min_span: int = 32  # shortest reused span, tokens
+    kv_reuse_cross_tenant: bool = False  # reuse KV across tenants (their salts otherwise keep caches apart)
 
     def validate(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -100,5 +107,7 @@ class EngineConfig:
             raise ConfigError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least block_size ({self.block_size})"
             )
+        if self.kv_reuse != "off" and not self.enable_prefix_caching:
+            raise ConfigError("kv_reuse needs enable_prefix_caching (reused KV comes from cached blocks)")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.block_size:
             raise ConfigError(f"kv_cache_tokens ({self.kv_cache_tokens}) must hold at least one block")

@@ -21,10 +21,11 @@ from engine import loader
 from engine.block_pool import BlockPool
 from engine.config import ConfigError, EngineConfig
 from engine.kv_manager import KVCacheManager
+from engine.kvshare import ReuseOptions
 from engine.model import LlamaModel, pick_linear, rope_inv_freq
 from engine.params import ProgramHint, SamplingParams
-from engine.request import Request, RequestOutput, RequestStatus
 from engine.reload import ReloadModel, profile_reload
+from engine.request import Request, RequestOutput, RequestStatus
 from engine.retention import PinManager
 from engine.runner import ModelRunner
 from engine.sampler import sample
@@ -43,6 +44,9 @@ class EngineStats:
     num_computed_tokens: int = 0  # tokens run through the model (prefill + decode + recompute)
     num_generated_tokens: int = 0
     num_recomputed_prefill_tokens: int = 0  # a program's earlier context computed again in a later turn
+    num_reuse_requests: int = 0  # KVShare: requests admitted with KV reused from other positions
+    num_reused_tokens: int = 0  # prompt tokens whose KV was copied from another sequence
+    num_reuse_recomputed_tokens: int = 0  # tokens of those requests computed past the check layer
     forward_s: float = 0.0  # time inside the model forward
     step_s: float = 0.0  # whole step time
 
@@ -86,15 +90,21 @@ class Engine:
         num_blocks = -(-kv_tokens // bs)
         self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, num_blocks * bs)
         self.pool = BlockPool(num_blocks, cfg.enable_prefix_caching)
-        self.kv = KVCacheManager(self.pool, bs)
+        self.reuse = None if cfg.kv_reuse == "off" else ReuseOptions(
+            cfg.kv_reuse, cfg.kv_reuse_ratio, cfg.kv_reuse_check_layer, cfg.kv_reuse_drift,
+            min_span=cfg.kv_reuse_min_span)
+        scope = None if self.reuse is None else "global" if cfg.kv_reuse_cross_tenant else "tenant"
+        self.kv = KVCacheManager(self.pool, bs, scope)
         self.pins = PinManager(self.pool)
         self.scheduler = Scheduler(self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs,
-                                   cfg.max_num_batched_tokens, self.pins, clock)
+                                   cfg.max_num_batched_tokens, self.pins, clock, self.reuse)
         self.program_context: dict[str, int] = {}  # tokens of each live program's last finished turn
         self.queue_delay_s: float | None = None  # moving average of queueing of turns without a pin
         self.runner = self._make_runner(num_blocks)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.requests: dict[str, Request] = {}
+        # called with (requests, their logits [k, vocab]) after each forward, before sampling
+        self.on_logits: Callable[[list[Request], torch.Tensor], None] | None = None
         self.stats = EngineStats()
         self.last_step = StepInfo()
         self._ids = itertools.count()
@@ -134,7 +144,7 @@ class Engine:
     def _make_runner(self, num_blocks: int) -> ModelRunner:
         cfg = self.config
         return ModelRunner(self.model, self.model_config, num_blocks, cfg.block_size, self.device, self.dtype,
-                           cfg.attention_backend)
+                           cfg.attention_backend, self.reuse)
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -219,7 +229,18 @@ class Engine:
             if req.metrics.first_scheduled_time is None:
                 self._first_scheduled(req)
         logits, sampling, outputs = self._execute(batch)
+        if self.on_logits is not None and sampling:
+            self.on_logits(sampling, logits)
+        st = self.stats
+        computed = batch.num_tokens
         for req, n in zip(batch.requests, batch.num_new_tokens):
+            plan = req.reuse
+            if plan is not None and plan.sources:  # admitted with reused KV: the copy is done
+                self.kv.release_reuse_sources(req)
+                st.num_reuse_requests += 1
+                st.num_reused_tokens += len(plan.positions)
+                st.num_reuse_recomputed_tokens += plan.num_recomputed
+                computed -= n - plan.num_recomputed
             req.num_computed_tokens += n
             self.kv.commit(req)
         new_tokens = sample(logits, sampling, self.generator) if sampling else []
@@ -236,9 +257,8 @@ class Engine:
                 self.scheduler.remove(req)
             if out is not None:
                 outputs.append(out)
-        st = self.stats
         st.num_steps += 1
-        st.num_computed_tokens += batch.num_tokens
+        st.num_computed_tokens += computed
         st.num_generated_tokens += len(new_tokens)
         step_s = time.perf_counter() - t0
         st.forward_s += self.runner.last_forward_s

@@ -3,6 +3,10 @@
 Rules (vLLM V1's): only full blocks are cached; a request never takes its last token from the cache
 (some token must be computed to produce logits), so a prompt of n tokens reuses at most
 (n - 1) // block_size blocks; a tenant's salt enters the first block's hash, which chains to the rest.
+With KVShare reuse on (`content_scope` "tenant" or "global"), committed blocks also enter the content
+index under their tokens (and the tenant's salt, unless reuse crosses tenants). Blocks that hold
+reused, approximate KV (after a request's `exact_tokens`) are never committed: an exact prefix hit
+must stay exact.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from engine.request import Request
 
 
 class KVCacheManager:
-    def __init__(self, pool: BlockPool, block_size: int):
+    def __init__(self, pool: BlockPool, block_size: int, content_scope: str | None = None):
         self.pool = pool
         self.block_size = block_size
+        self.content_scope = content_scope  # None: no content index; "tenant" or "global"
+
+    def content_key(self, req: Request, tokens: list[int]) -> tuple:
+        return (req.salt if self.content_scope == "tenant" else None, tuple(tokens))
 
     def _hash_full_blocks(self, req: Request, num_tokens: int) -> None:
         bs = self.block_size
@@ -62,16 +70,27 @@ class KVCacheManager:
         """Registers the request's newly completed full blocks in the prefix index."""
         if not self.pool.enable_prefix_caching:
             return
-        full = req.num_computed_tokens // self.block_size
+        bs = self.block_size
+        full = min(req.num_computed_tokens, req.exact_tokens) // bs
         if full <= req.num_committed_blocks:
             return
-        self._hash_full_blocks(req, full * self.block_size)
+        self._hash_full_blocks(req, full * bs)
         for i in range(req.num_committed_blocks, full):
-            self.pool.cache_block(req.blocks[i], req.block_hashes[i])
+            key = self.content_key(req, req.token_ids[i * bs:(i + 1) * bs]) if self.content_scope else None
+            self.pool.cache_block(req.blocks[i], req.block_hashes[i], key, i * bs)
         req.num_committed_blocks = full
 
+    def release_reuse_sources(self, req: Request) -> None:
+        """Drops the references a reuse plan holds on its source blocks (taken until the copy)."""
+        if req.reuse is not None and req.reuse.sources:
+            self.pool.release(req.reuse.sources)
+            req.reuse.sources = []
+
     def free(self, req: Request) -> None:
+        self.release_reuse_sources(req)
         self.pool.release(req.blocks[::-1])
         req.blocks = []
         req.num_computed_tokens = 0
         req.num_committed_blocks = 0
+        req.exact_tokens = 1 << 62  # recomputed from scratch (or finished): no reused KV left
+        req.reuse = None

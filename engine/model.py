@@ -115,22 +115,28 @@ class DecoderLayer(nn.Module):
         self.gate_up = nn.Parameter(torch.empty(2 * cfg.intermediate_size, cfg.hidden_size), requires_grad=False)
         self.down = nn.Parameter(torch.empty(cfg.hidden_size, cfg.intermediate_size), requires_grad=False)
 
-    def forward(self, x, cos, sin, attn: AttentionBackend):
-        residual = x
+    def qkv_proj(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention inputs: q [n, H, D], k and v [n, KVH, D], q and k rotated."""
         h = rms_norm(x, self.input_norm, self.eps)
-        linear = self.linear
-        qkv = linear(h, self.qkv, self.qkv_bias)
+        qkv = self.linear(h, self.qkv, self.qkv_bias)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         n = x.shape[0]
         q = apply_rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
-        v = v.view(n, self.num_kv_heads, self.head_dim)
-        o = attn.forward(self.index, q, k, v)
-        x = residual + linear(o.reshape(n, self.q_size), self.o)
-        residual = x
+        return q, k, v.view(n, self.num_kv_heads, self.head_dim)
+
+    def finish(self, x, o):
+        """The rest of the layer after attention output `o` [n, H, D]: o-projection, residual, MLP."""
+        linear = self.linear
+        x = x + linear(o.reshape(x.shape[0], self.q_size), self.o)
         h = rms_norm(x, self.post_attn_norm, self.eps)
         gate, up = linear(h, self.gate_up).chunk(2, dim=-1)
-        return residual + linear(F.silu(gate) * up, self.down)
+        return x + linear(F.silu(gate) * up, self.down)
+
+    def forward(self, x, cos, sin, attn: AttentionBackend):
+        q, k, v = self.qkv_proj(x, cos, sin)
+        attn.observe(self.index, q)
+        return self.finish(x, attn.forward(self.index, q, k, v))
 
 
 class LlamaModel(nn.Module):
@@ -152,7 +158,11 @@ class LlamaModel(nn.Module):
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, attn)
-        x = rms_norm(x.index_select(0, logits_indices), self.norm, self.cfg.rms_norm_eps)
+        return self.logits(x.index_select(0, logits_indices))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 logits of final hidden states x [k, hidden]."""
+        x = rms_norm(x, self.norm, self.cfg.rms_norm_eps)
         head = self.embed if self.lm_head is None else self.lm_head
         return self.linear(x, head).float()
 

@@ -3,7 +3,9 @@
 It owns the model, the KV cache tensors and the attention backend. Per step it builds the flat
 token/position arrays, the slot mapping and the attention metadata (decodes batched, prefill
 spans listed), and the indices of the tokens whose logits are needed (each request's last
-scheduled token, when that token completes the request's known tokens).
+scheduled token, when that token completes the request's known tokens). A request admitted with a
+KVShare reuse plan is prefilled on its own by `engine.kvshare.Reuser` after the batched forward,
+whose queries at the check layer also feed the decode stage of requests that hold reused KV.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import torch
 from engine.attention import AttentionMetadata, PrefillSpan, make_attention_backend
 from engine.config import ModelConfig
 from engine.cuda_graphs import make_decode_graphs
+from engine.kvshare import ReuseOptions, Reuser
 from engine.model import LlamaModel
 from engine.request import Request
 
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, cfg: ModelConfig, num_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype, attention_backend: str = "auto"):
+                 device: torch.device, dtype: torch.dtype, attention_backend: str = "auto",
+                 reuse: ReuseOptions | None = None):
         self.model, self.cfg = model, cfg
         self.device, self.block_size = device, block_size
         shape = (cfg.num_layers, num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim)
@@ -31,7 +35,9 @@ class ModelRunner:
         # Decode-only steps replay CUDA graphs with a Triton backend on CUDA (engine/cuda_graphs.py); None elsewhere.
         max_blocks = -(-min(cfg.max_position_embeddings, num_blocks * block_size) // block_size)
         self.graphs = make_decode_graphs(model, self.attn, max_blocks)
+        self.reuser = Reuser(model, self.attn, reuse, device) if reuse is not None else None
         self.last_forward_s = 0.0
+        self.num_decode_recomputed = 0  # reused tokens recomputed by KVShare's decode stage
 
     @staticmethod
     def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -59,11 +65,20 @@ class ModelRunner:
         dec_idx: list[int] = []
         dec_tables: list[list[int]] = []
         dec_lens: list[int] = []
+        reusing: list[Request] = []
+        probed: list[Request] = []
+        probe_idx: list[int] = []
         for req, n in zip(reqs, num_new):
             start = req.num_computed_tokens
             flat = len(tokens)
             ids = [b.block_id for b in req.blocks]
+            if req.reuse is not None and not req.reuse.copied:
+                reusing.append(req)
+                continue
             if n == 1 and start > 0:
+                if req.reuse is not None and req.reuse.remaining is not None:
+                    probed.append(req)
+                    probe_idx.append(flat)
                 tokens.append(req.token_ids[start])
                 positions.append(start)
                 slots.append(ids[start // bs] * bs + start % bs)
@@ -88,10 +103,22 @@ class ModelRunner:
             meta.decode_token_idx = self._tensor(dec_idx)
             meta.decode_block_tables = self._tensor(dec_tables)
             meta.decode_ctx_lens = self._tensor(dec_lens)
+        if probed:
+            meta.probe_idx = self._tensor(probe_idx)
+            meta.probe_layer = self.reuser.decode_probe_layer()
         t0 = time.perf_counter()
-        self.attn.begin_step(meta)
-        with torch.inference_mode():
-            logits = self._forward(meta, tokens, positions, logits_idx)
+        logits = torch.empty(0)
+        if tokens:
+            self.attn.begin_step(meta)
+            with torch.inference_mode():
+                logits = self._forward(meta, tokens, positions, logits_idx)
+        probe_q = self.attn.probe_q
+        for i, req in enumerate(probed):
+            self.num_decode_recomputed += self.reuser.after_decode(req, probe_q[i])
+        if reusing:
+            rows = [self.reuser.prefill(req, req.reuse, req.num_computed_tokens) for req in reusing]
+            logits = torch.cat([logits.view(-1, rows[0].shape[1]), *rows]) if tokens else torch.cat(rows)
+            sampling.extend(reusing)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.last_forward_s = time.perf_counter() - t0

@@ -6,7 +6,11 @@ preempted (its blocks freed, its tokens kept, recomputed later). Waiting request
 policy order only in a step that preempted nothing, and only while blocks, sequence slots and
 budget last. Ordering is a pluggable `SchedulingPolicy`: `fcfs` orders by request arrival (vLLM);
 `program` (Continuum) serves requests of programs that hold a KV pin first, then orders by the
-arrival of the request's *program*, never of the request.
+arrival of the request's *program*, never of the request; `cache-aware` (KVShare) serves waiting
+requests with the highest KV hit rate first, aged by their wait so that nothing starves; and
+`program+cache-aware` keeps pinned programs first, then orders the rest cache-aware from their
+program's arrival. With KV reuse on, a request whose prompt reuses KV at other positions is
+admitted only when its whole prefill fits this step (the reuse prefill is one selective pass).
 KV pins (engine/retention.py) yield before any request does: expired pins are dropped at the start
 of a step (unless their program has a request waiting), and when blocks run out, pins are released
 (latest-arriving program first) before a running request is preempted or admission stops.
@@ -19,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.kv_manager import KVCacheManager
+from engine.kvshare import ReuseOptions, plan_reuse
 from engine.request import Request, RequestStatus
 from engine.retention import PinManager
 
@@ -28,7 +33,7 @@ class SchedulingPolicy:
 
     name = "base"
 
-    def key(self, req: Request, sched: "Scheduler") -> tuple:
+    def key(self, req: Request, sched: Scheduler) -> tuple:
         raise NotImplementedError
 
 
@@ -37,23 +42,59 @@ class FCFSPolicy(SchedulingPolicy):
 
     name = "fcfs"
 
-    def key(self, req: Request, sched: "Scheduler") -> tuple:
+    def key(self, req: Request, sched: Scheduler) -> tuple:
         return (req.metrics.arrival_time, req.seq_no)
 
 
+def _program_arrival(req: Request, sched: Scheduler) -> float:
+    pid = req.hint.program_id
+    return sched.program_arrival.get(pid, req.metrics.arrival_time) if pid else req.metrics.arrival_time
+
+
+class CacheAwarePolicy(SchedulingPolicy):
+    """KVShare: highest hit rate (cached ÷ prompt tokens, estimated at arrival) first, plus
+    `wait / aging_s` so that waiting raises priority; a request that has waited `max_wait_s` goes
+    ahead of all that have not (oldest first), which bounds any wait to max_wait_s plus the time
+    to serve the overdue requests ahead of it."""
+
+    name = "cache-aware"
+    needs_hit_rate = True
+
+    def __init__(self, aging_s: float = 10.0, max_wait_s: float = 30.0, by_program: bool = False):
+        self.aging_s, self.max_wait_s, self.by_program = aging_s, max_wait_s, by_program
+
+    def key(self, req: Request, sched: Scheduler) -> tuple:
+        since = _program_arrival(req, sched) if self.by_program else req.metrics.arrival_time
+        wait = sched.now - since
+        if wait >= self.max_wait_s:
+            return (0, since, req.seq_no)
+        return (1, -(req.hit_rate + wait / self.aging_s), req.seq_no)
+
+
 class ProgramPolicy(SchedulingPolicy):
-    """Continuum: pinned programs first, then program-level FCFS (by the program's first arrival)."""
+    """Continuum: pinned programs first, then program-level FCFS (by the program's first arrival),
+    or, given a `then` policy, that policy's order."""
 
     name = "program"
 
-    def key(self, req: Request, sched: "Scheduler") -> tuple:
+    def __init__(self, then: SchedulingPolicy | None = None):
+        self.then = then
+        self.needs_hit_rate = getattr(then, "needs_hit_rate", False)
+
+    def key(self, req: Request, sched: Scheduler) -> tuple:
         pid = req.hint.program_id
         pinned = pid is not None and pid in sched.pins.pins
-        arrival = sched.program_arrival.get(pid, req.metrics.arrival_time) if pid else req.metrics.arrival_time
-        return (not pinned, arrival, req.seq_no)
+        if self.then is not None:
+            return (not pinned, *self.then.key(req, sched))
+        return (not pinned, _program_arrival(req, sched), req.seq_no)
 
 
-POLICIES: dict[str, type[SchedulingPolicy]] = {"fcfs": FCFSPolicy, "program": ProgramPolicy}
+POLICIES = {
+    "fcfs": FCFSPolicy,
+    "program": ProgramPolicy,
+    "cache-aware": CacheAwarePolicy,
+    "program+cache-aware": lambda: ProgramPolicy(then=CacheAwarePolicy(by_program=True)),
+}
 
 
 def make_policy(name: str) -> SchedulingPolicy:
@@ -77,9 +118,11 @@ class ScheduledBatch:
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, max_num_seqs: int,
                  max_num_batched_tokens: int, pins: PinManager | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, reuse: ReuseOptions | None = None):
         self.kv = kv
         self.clock = clock  # pin expiry is judged on it (the simulator's is virtual)
+        self.now = clock()
+        self.reuse = reuse
         self.pins = pins or PinManager(kv.pool)
         self.program_arrival: dict[str, float] = {}  # first arrival of each live program
         self.policy = policy
@@ -91,6 +134,8 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         req.status = RequestStatus.WAITING
+        if getattr(self.policy, "needs_hit_rate", False) and req.num_computed_tokens == 0:
+            req.hit_rate = self.estimate_hit_rate(req)
         if req.hint.program_id is not None:
             self.program_arrival.setdefault(req.hint.program_id, req.metrics.arrival_time)
         self.waiting.append(req)
@@ -102,6 +147,25 @@ class Scheduler:
         elif req in self.waiting:
             self.waiting.remove(req)
         self.kv.free(req)
+
+    def estimate_hit_rate(self, req: Request) -> float:
+        """Share of req's prompt that the cache holds now: exact prefix, plus reusable spans."""
+        start = len(self.kv.find_cached_prefix(req)) * self.kv.block_size
+        hits = start
+        if self.reuse is not None:
+            plan = plan_reuse(self.kv, req, start, self.reuse.min_span)
+            hits += len(plan.positions) if plan else 0
+        return hits / req.num_prompt_tokens
+
+    def _plan_reuse(self, req: Request, start: int, n: int) -> None:
+        """Plans KV reuse for a request about to be admitted with n tokens after a `start`-token prefix,
+        holding the source blocks so that this admission cannot evict them."""
+        if self.reuse is None or req.num_computed_tokens or start + n < req.num_tokens:
+            return
+        plan = plan_reuse(self.kv, req, start, self.reuse.min_span)
+        if plan is not None:
+            self.kv.pool.acquire(plan.sources)
+            req.reuse = plan
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -116,7 +180,7 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
-        now = self.clock()
+        now = self.now = self.clock()
         pins = self.pins
         if pins.pins:
             pins.expire(now, {r.hint.program_id for r in self.waiting if r.hint.program_id is not None})
@@ -149,12 +213,15 @@ class Scheduler:
             pid = req.hint.program_id
             cached = self.kv.find_cached_prefix(req)
             n = min(req.num_tokens - len(cached) * self.kv.block_size, budget)
+            self._plan_reuse(req, len(cached) * self.kv.block_size, n)
             while not self.kv.allocate(req, n, cached):
                 # others' pins first; the program's own pin last (its blocks that this request reuses
                 # stay in `cached` and are taken back by `allocate` before anything is evicted)
                 if not (pins.release_latest(now, keep=pid) or (pid is not None and pins.force_release(pid, now))):
                     break
             else:
+                if req.reuse is not None:
+                    req.exact_tokens = req.reuse.positions[0]
                 req.pin_hit = pins.take(pid, now) or req.pin_hit
                 if req.metrics.num_preemptions == 0:
                     req.num_cached_tokens = len(cached) * self.kv.block_size
@@ -165,6 +232,8 @@ class Scheduler:
                 budget -= n
                 admitted += 1
                 continue
+            self.kv.release_reuse_sources(req)
+            req.reuse = None
             break
         del self.waiting[:admitted]
         return batch

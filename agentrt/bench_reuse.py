@@ -1,0 +1,220 @@
+"""The KV reuse benchmark (KVShare): TTFT, throughput and quality of reusing KV beyond exact prefixes.
+
+    agentrt bench reuse [--requests N] [--docs K] [--max-tokens 64] [--method M ...] [--json OUT]
+
+Workload (real text: tool outputs and task statements of recorded mini-swe-agent sessions, in
+agentrt/data/reuse-corpus/): two tenants; each first sees every document once on its own (a seed
+request: the document after a tenant header, as when a tool output first enters a conversation),
+then sends requests whose prompts hold K documents in a shuffled order after a header that differs
+per request, then a question, in the model's chat template. Every method replays the same requests
+on a fresh engine:
+  full            no caching at all: every prompt token computed
+  prefix          exact prefix caching only (vLLM's automatic prefix caching)
+  naive           reused KV as is: only tokens without a cached value (and the last) computed
+  cacheblend-20   recompute the 20% of reused tokens whose values deviate most at layer 1
+  dhd-R           DHD: deviation weighted by attention received at layer 1, R% recomputed, decode stage
+Per method: median TTFT of requests served one at a time, median TPOT, throughput of the same kind
+of requests all submitted at once (generated tokens per second), and quality as agreement with
+`full`: greedy token match over the new tokens, ROUGE-L of the text, and the KL divergence of the
+first token's distribution (KL(full || method)). `hit_rate` is the share of prompt tokens whose KV
+came from the cache (exact prefix plus reused spans) in the dhd-20 run. `predicted_ttft_s` is
+f × full TTFT with f = (c + (1 − h + r·h)(L − c)) / L, the compute fraction the method promises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from engine import Engine
+from engine.params import ProgramHint, SamplingParams
+
+CORPUS = Path(__file__).parent / "data" / "reuse-corpus" / "documents.jsonl"
+METHODS = {  # name: engine options
+    "full": {"enable_prefix_caching": False},
+    "prefix": {},
+    "naive": {"kv_reuse": "naive", "kv_reuse_ratio": 0.0},
+    "cacheblend-20": {"kv_reuse": "cacheblend", "kv_reuse_ratio": 0.2},
+    "dhd-10": {"kv_reuse": "dhd", "kv_reuse_ratio": 0.1},
+    "dhd-20": {"kv_reuse": "dhd", "kv_reuse_ratio": 0.2},
+    "dhd-30": {"kv_reuse": "dhd", "kv_reuse_ratio": 0.3},
+}
+TENANTS = ("tenant-a", "tenant-b")
+QUESTION = "Which file or command output above matters most for fixing the issue, and why?"
+
+
+def load_documents(path: Path = CORPUS) -> list[str]:
+    return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_workload(docs: list[str], num_requests: int, docs_per_prompt: int, seed: int = 0) -> dict:
+    """Seed prompts (each document once per tenant) and request prompts (shuffled documents)."""
+    rng = random.Random(seed)
+    seeds = [(t, f"[{t}] tool output:\n{d}") for t in TENANTS for d in docs]
+    requests = []
+    for i in range(num_requests):
+        tenant = TENANTS[i % len(TENANTS)]
+        chosen = rng.sample(docs, docs_per_prompt)
+        header = f"[{tenant}] ticket {1000 + i}: the agent gathered these {docs_per_prompt} outputs."
+        body = "\n\n".join(f"--- output {j + 1} ---\n{d}" for j, d in enumerate(chosen))
+        requests.append((tenant, f"{header}\n\n{body}\n\n{QUESTION}"))
+    return {"seeds": seeds, "requests": requests}
+
+
+def _chat(engine: Engine, text: str) -> str:
+    return engine.apply_chat_template([{"role": "user", "content": text}])
+
+
+def _drain(engine: Engine) -> list:
+    outs = []
+    while engine.has_unfinished_requests():
+        outs += [o for o in engine.step() if o.finished]
+    return outs
+
+
+def run_method(name: str, workload: dict, max_tokens: int, model: str | None = None) -> dict:
+    engine = Engine(model=model, kv_cache_tokens=32768, max_num_batched_tokens=4096, **METHODS[name])
+    sp_seed = SamplingParams(temperature=0, max_tokens=1)
+    for tenant, text in workload["seeds"]:
+        engine.add_request(_chat(engine, text), sp_seed, hint=ProgramHint(tenant=tenant))
+    _drain(engine)
+    first_logits: dict[str, torch.Tensor] = {}
+
+    def keep_first(reqs, logits):
+        for req, row in zip(reqs, logits):
+            first_logits.setdefault(req.request_id, row.clone())
+
+    engine.on_logits = keep_first
+    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    results = []
+    before = engine.stats.num_prompt_tokens, engine.stats.num_prefix_hit_tokens, engine.stats.num_reused_tokens
+    for i, (tenant, text) in enumerate(workload["requests"]):  # one at a time: TTFT without queueing
+        rid = engine.add_request(_chat(engine, text), sp, request_id=f"r{i}", hint=ProgramHint(tenant=tenant))
+        (out,) = _drain(engine)
+        m = out.metrics
+        results.append({"id": rid, "tokens": out.token_ids, "text": out.text,
+                        "ttft_s": m.first_token_time - m.arrival_time,
+                        "tpot_s": (m.finish_time - m.first_token_time) / max(1, len(out.token_ids) - 1)})
+    st = engine.stats
+    prompt = st.num_prompt_tokens - before[0]
+    hit = (st.num_prefix_hit_tokens - before[1] + st.num_reused_tokens - before[2]) / max(1, prompt)
+    engine.on_logits = None
+    # throughput: the same documents in new orders, all at once (the cache already holds them)
+    t0 = time.perf_counter()
+    for i, (tenant, text) in enumerate(workload["batch"]):
+        engine.add_request(_chat(engine, text), sp, request_id=f"b{i}", hint=ProgramHint(tenant=tenant))
+    outs = _drain(engine)
+    wall = time.perf_counter() - t0
+    engine.pool.check_integrity()
+    return {"results": results, "first_logits": [first_logits[r["id"]] for r in results], "hit_rate": hit,
+            "tokens_per_s": sum(len(o.token_ids) for o in outs) / wall,
+            "decode_recomputed": engine.runner.num_decode_recomputed,
+            "num_layers": engine.model_config.num_layers}
+
+
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F1 over whitespace tokens."""
+    x, y = a.split(), b.split()
+    if not x or not y:
+        return float(x == y)
+    prev = [0] * (len(y) + 1)
+    for xi in x:
+        cur = [0]
+        for j, yj in enumerate(y):
+            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(x), lcs / len(y)
+    return 2 * p * r / (p + r)
+
+
+def kl(ref: torch.Tensor, other: torch.Tensor) -> float:
+    lp, lq = torch.log_softmax(ref.double(), -1), torch.log_softmax(other.double(), -1)
+    return float((lp.exp() * (lp - lq)).sum())
+
+
+def compare(ref: dict, run: dict) -> dict:
+    match = [sum(a == b for a, b in zip(x["tokens"], y["tokens"])) / len(x["tokens"])
+             for x, y in zip(ref["results"], run["results"])]
+    # also the share before the first divergence (greedy continuations drift apart after it)
+    prefix_match = []
+    for x, y in zip(ref["results"], run["results"]):
+        k = next((i for i, (a, b) in enumerate(zip(x["tokens"], y["tokens"])) if a != b), len(x["tokens"]))
+        prefix_match.append(k / len(x["tokens"]))
+    return {"token_match": statistics.mean(match), "agreeing_prefix": statistics.mean(prefix_match),
+            "rouge_l": statistics.mean(rouge_l(x["text"], y["text"]) for x, y in zip(ref["results"], run["results"])),
+            "kl": statistics.mean(kl(a, b) for a, b in zip(ref["first_logits"], run["first_logits"]))}
+
+
+def predicted_fraction(method: str, hit: float, layers: int) -> float | None:
+    opts = METHODS[method]
+    if "kv_reuse" not in opts:
+        return None
+    r = opts["kv_reuse_ratio"]
+    c = 0 if opts["kv_reuse"] == "naive" else 2
+    return (c + (1 - hit + r * hit) * (layers - c)) / layers
+
+
+def main(args) -> dict:
+    docs = load_documents(Path(args.corpus))
+    work = build_workload(docs, args.requests, args.docs, seed=args.seed)
+    work["batch"] = build_workload(docs, args.requests, args.docs, seed=args.seed + 1)["requests"]
+    runs, report = {}, {"methods": {}}
+    for name in args.method or list(METHODS):
+        t0 = time.perf_counter()
+        runs[name] = run_method(name, work, args.max_tokens, args.model)
+        print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    ref = runs.get("full")
+    hit = runs.get("dhd-20", next(iter(runs.values())))["hit_rate"]
+    for name, run in runs.items():
+        row = {"ttft_s": statistics.median(r["ttft_s"] for r in run["results"]),
+               "tpot_s": statistics.median(r["tpot_s"] for r in run["results"]),
+               "tokens_per_s": run["tokens_per_s"], "hit_rate": run["hit_rate"]}
+        if ref is not None:
+            row.update(compare(ref, run))
+            f = predicted_fraction(name, run["hit_rate"], run["num_layers"])
+            full_ttft = statistics.median(r["ttft_s"] for r in ref["results"])
+            row["speedup_vs_full"] = full_ttft / row["ttft_s"]
+            if f is not None:
+                row["predicted_ttft_s"] = f * full_ttft
+        row["decode_recomputed_tokens"] = run["decode_recomputed"]
+        report["methods"][name] = row
+    report["hit_rate"] = hit
+    report["workload"] = {"requests": args.requests, "docs_per_prompt": args.docs, "max_tokens": args.max_tokens}
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"hit rate (dhd-20 run): {report['hit_rate']:.3f}",
+             (f"{'method':<14}{'TTFT s':>8}{'pred s':>8}{'x full':>8}{'TPOT ms':>9}{'tok/s':>8}"
+              f"{'match':>7}{'rougeL':>8}{'KL':>8}")]
+    for name, m in report["methods"].items():
+        pred = m.get("predicted_ttft_s")
+        lines.append(f"{name:<14}{m['ttft_s']:>8.3f}{pred if pred is not None else float('nan'):>8.3f}"
+                     f"{m.get('speedup_vs_full', float('nan')):>8.2f}{m['tpot_s'] * 1e3:>9.1f}"
+                     f"{m['tokens_per_s']:>8.1f}{m.get('token_match', float('nan')):>7.2f}"
+                     f"{m.get('rouge_l', float('nan')):>8.2f}{m.get('kl', float('nan')):>8.3f}")
+    return "\n".join(lines)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--requests", type=int, default=8, help="measured requests per method")
+    ap.add_argument("--docs", type=int, default=3, help="documents per prompt")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--method", action="append", choices=list(METHODS), help="repeat; default: all")
+    ap.add_argument("--corpus", default=str(CORPUS))
+    ap.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the figures here")

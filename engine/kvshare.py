@@ -1,0 +1,263 @@
+"""KVShare: reuse of cached KV beyond exact prefixes, with DHD selective recompute.
+
+A new prompt's tokens after its exact cached prefix are matched, block_size-gram by block_size-gram
+at every offset, against the content index of cached blocks (engine/block_pool.py): a hit is a run
+of tokens some cached sequence computed at another position. `plan_reuse` turns the hits into a
+`ReusePlan` (which of the prompt's positions copy which cached slots); spans shorter than
+`min_span` tokens are dropped. `prefill` then runs the request's prefill selectively:
+
+1. copy the reused tokens' KV into the request's own blocks, K re-rotated by (new - old) position;
+2. layers < c (c = check layer + 1) run on every new token, exactly as a normal prefill;
+3. at the check layer, each reused token j is scored by its value deviation ‖V_fresh − V_cached‖₁,
+   times (method `dhd`) the attention mass α_j it receives; the top `ratio` of reused tokens, every
+   token without a cached value, and the prompt's last token form the recompute set S;
+4. layers ≥ c run on S only (sparse queries at their own positions over the request's whole KV);
+   the other reused tokens keep their copied KV.
+Method `naive` is c = 0 and ratio 0 (compute only what has no cached value); `cacheblend` scores by
+value deviation alone and has no decode stage. Decode stage (`dhd` only, `drift` > 0): each decode
+step the query at the check layer is compared with the attention distribution over the remaining
+reused tokens at selection time; when their cosine similarity falls below `drift`, the
+`decode_tokens` reused tokens the new query attends to most are recomputed (from their hidden
+states saved at layer c) and the reference distribution is reset. KV after the first reused token
+is approximate, so such blocks never enter the prefix or content index (`Request.exact_tokens`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.attention import AttentionBackend, AttentionMetadata, PrefillSpan
+from engine.block_pool import Block
+from engine.kv_manager import KVCacheManager
+from engine.model import LlamaModel, rope_cos_sin
+from engine.request import Request
+from kernels import rope
+
+METHODS = ("naive", "cacheblend", "dhd")
+
+
+@dataclass(slots=True)
+class ReuseOptions:
+    method: str = "dhd"  # naive | cacheblend | dhd
+    ratio: float = 0.2  # share of reused tokens recomputed after the check layer
+    check_layer: int = 1
+    drift: float = 0.9  # decode stage: recompute when cosine(attention now, at selection) < drift; 0 = off
+    decode_tokens: int = 3  # reused tokens recomputed per triggered decode step
+    min_span: int = 32  # shortest reused span, in tokens
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown KV reuse method {self.method!r}; choose from {METHODS}")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"kv_reuse_ratio must be in [0, 1], got {self.ratio}")
+        if self.check_layer < 0:
+            raise ValueError(f"kv_reuse_check_layer must be >= 0, got {self.check_layer}")
+
+    @property
+    def full_layers(self) -> int:
+        """c: layers computed for every token."""
+        return 0 if self.method == "naive" else self.check_layer + 1
+
+
+@dataclass(slots=True)
+class ReusePlan:
+    """Positions of the prompt whose KV is copied from `src_slots` (slot = block_id * bs + row)."""
+
+    positions: list[int]
+    src_slots: list[int]
+    src_positions: list[int]
+    sources: list[Block]  # source blocks, referenced until the copy is done
+    # decode stage state, set by `prefill`
+    remaining: torch.Tensor | None = None  # reused positions not recomputed (ascending)
+    hidden: torch.Tensor | None = None  # their hidden states entering layer c
+    reference: torch.Tensor | None = None  # attention distribution over `remaining` at selection time
+    num_recomputed: int = 0
+    num_decode_recomputed: int = 0
+    decode_triggers: int = 0
+    copied: bool = field(default=False)
+
+
+def plan_reuse(kv: KVCacheManager, req: Request, start: int, min_span: int) -> ReusePlan | None:
+    """Finds cached blocks whose tokens reappear in req's tokens [start, n - 1) at any offset."""
+    bs = kv.block_size
+    toks = req.token_ids
+    end = req.num_tokens - 1  # the last token is always computed (it gives the logits)
+    spans: list[tuple[int, int, Block]] = []  # (position, length, source block)
+    i = start
+    while i + bs <= end:
+        block = kv.pool.lookup_content(kv.content_key(req, toks[i:i + bs]))
+        if block is None:
+            i += 1
+            continue
+        spans.append((i, bs, block))
+        i += bs
+    # keep runs of adjacent hits that reach min_span tokens
+    keep: list[tuple[int, int, Block]] = []
+    run: list[tuple[int, int, Block]] = []
+    for hit in spans + [(-1, 0, None)]:
+        if run and hit[0] != run[-1][0] + bs:
+            if len(run) * bs >= min_span:
+                keep.extend(run)
+            run = []
+        run.append(hit)
+    if not keep:
+        return None
+    positions, src_slots, src_positions, sources = [], [], [], []
+    for pos, n, block in keep:
+        positions.extend(range(pos, pos + n))
+        src_slots.extend(range(block.block_id * bs, block.block_id * bs + n))
+        src_positions.extend(range(block.position, block.position + n))
+        sources.append(block)
+    return ReusePlan(positions, src_slots, src_positions, sources)
+
+
+def _slots(req: Request, positions: torch.Tensor, bs: int) -> torch.Tensor:
+    ids = torch.tensor([b.block_id for b in req.blocks], dtype=torch.int64, device=positions.device)
+    return ids[positions // bs] * bs + positions % bs
+
+
+def rotate_keys(k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Re-rotates keys k [n, ..., D] computed at position p to position p + delta [n] (RoPE composes)."""
+    shift = rope.rope_shift if k.is_cuda else rope.rope_shift_ref
+    shape = k.shape
+    return shift(k.reshape(shape[0], -1, shape[-1]), delta, inv_freq).reshape(shape)
+
+
+class Reuser:
+    """Runs reuse prefills and the decode stage for one model runner's model and KV cache."""
+
+    def __init__(self, model: LlamaModel, attn: AttentionBackend, options: ReuseOptions, device: torch.device):
+        self.model, self.attn, self.options, self.device = model, attn, options, device
+        self.k_cache, self.v_cache = attn.k_cache, attn.v_cache
+        self.bs = attn.block_size
+
+    def _tensor(self, data) -> torch.Tensor:
+        return torch.tensor(data, dtype=torch.int64, device=self.device)
+
+    def _cache_rows(self, cache: torch.Tensor, layer: int, slots: torch.Tensor) -> torch.Tensor:
+        """[len(slots), KVH, D] of `cache[layer]` at flat slots."""
+        c = cache[layer]  # [NB, KVH, bs, D]
+        return c[slots // self.bs, :, slots % self.bs]
+
+    def copy(self, req: Request, plan: ReusePlan) -> None:
+        """Copies the plan's source KV (all layers) into the request's slots, K re-rotated."""
+        dst_pos = self._tensor(plan.positions)
+        src, dst = self._tensor(plan.src_slots), _slots(req, dst_pos, self.bs)
+        delta = dst_pos - self._tensor(plan.src_positions)
+        bs = self.bs
+        for cache, rotate in ((self.k_cache, True), (self.v_cache, False)):
+            view = cache.permute(1, 3, 0, 2, 4)  # [NB, bs, L, KVH, D]
+            rows = view[src // bs, src % bs]  # [n, L, KVH, D]
+            if rotate:
+                rows = rotate_keys(rows, delta, self.model.inv_freq)
+            view[dst // bs, dst % bs] = rows
+        plan.copied = True
+
+    def _layers(self, x: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, span: PrefillSpan,
+                layers: range) -> torch.Tensor:
+        self.attn.begin_step(AttentionMetadata(slots, [span], None, None, None))
+        cos, sin = rope_cos_sin(self.model.inv_freq, pos, x.dtype)
+        for i in layers:
+            x = self.model.layers[i](x, cos, sin, self.attn)
+        return x
+
+    def _attention_probs(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Softmax attention [m, H, n] of queries q [m, H, D] at q_pos over the KV at `slots`
+        (positions 0..n-1), causal, in float32, in chunks of queries."""
+        k = self._cache_rows(self.k_cache, layer, slots).float()  # [n, KVH, D]
+        group = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [H, n, D]
+        kv_pos = torch.arange(slots.shape[0], device=q.device)
+        out = []
+        for c0 in range(0, q.shape[0], 256):
+            qc = q[c0:c0 + 256].float().transpose(0, 1)  # [H, m', D]
+            s = torch.matmul(qc, k.transpose(1, 2)) / math.sqrt(q.shape[-1])
+            s = s.masked_fill(kv_pos[None, None, :] > q_pos[c0:c0 + 256][None, :, None], float("-inf"))
+            out.append(torch.softmax(s, dim=-1).transpose(0, 1))
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def prefill(self, req: Request, plan: ReusePlan, start: int) -> torch.Tensor:
+        """Computes positions [start, n) of req with the plan's KV reused; returns the last token's logits [1, V]."""
+        opts, model, bs = self.options, self.model, self.bs
+        n = req.num_tokens
+        if not plan.copied:
+            self.copy(req, plan)
+        pos = torch.arange(start, n, device=self.device)
+        slots = _slots(req, pos, bs)
+        all_slots = _slots(req, torch.arange(n, device=self.device), bs)
+        tiles = self.attn.tile_rows(self._tensor([b.block_id for b in req.blocks[: -(-n // bs)]]))
+        reused = self._tensor(plan.positions) - start  # local indices into pos
+        x = model.embed[self._tensor(req.token_ids[start:n])]
+        c = min(opts.full_layers, len(model.layers))
+        x = self._layers(x, pos, slots, PrefillSpan(0, n - start, start, tiles if start else None), range(c - 1))
+        is_new = torch.ones(n - start, dtype=torch.bool, device=self.device)
+        is_new[reused] = False
+        is_new[-1] = True
+        score = torch.zeros(reused.shape[0], device=self.device)
+        mass = None
+        if c > 0:  # the check layer: fresh K/V for every token, scored against the copied values
+            layer = model.layers[c - 1]
+            cos, sin = rope_cos_sin(model.inv_freq, pos, x.dtype)
+            self.attn.begin_step(AttentionMetadata(slots, [PrefillSpan(0, n - start, start, tiles if start else None)],
+                                                   None, None, None))
+            q, k, v = layer.qkv_proj(x, cos, sin)
+            v_old = self._cache_rows(self.v_cache, c - 1, slots[reused]).float()
+            x = layer.finish(x, self.attn.forward(c - 1, q, k, v))
+            score = (v[reused].float() - v_old).abs().sum(dim=(1, 2))
+            if opts.method == "dhd":
+                probs = self._attention_probs(c - 1, q, pos, all_slots)  # [m, H, n]
+                mass = probs.sum(dim=(0, 1))[start:][reused]
+                score = score * mass
+        keep = math.ceil(opts.ratio * reused.shape[0]) if opts.method != "naive" else 0
+        if keep:
+            is_new[reused[torch.topk(score, min(keep, reused.shape[0])).indices]] = True
+        sel = is_new.nonzero().squeeze(1)
+        plan.num_recomputed = int(sel.shape[0])
+        if opts.method == "dhd" and opts.drift > 0 and c > 0:
+            rest = reused[~is_new[reused]]
+            plan.remaining = rest + start
+            plan.hidden = x[rest].clone()
+            last = probs[-1].sum(dim=0)[plan.remaining]  # the last prompt token's attention
+            plan.reference = last / last.sum().clamp_min(1e-30)
+        x = x[sel]
+        q_pos = pos[sel]
+        span = PrefillSpan(0, sel.shape[0], start, tiles, q_pos=q_pos)
+        x = self._layers(x, q_pos, slots[sel], span, range(c, len(model.layers)))
+        return model.logits(x[-1:])
+
+    def decode_probe_layer(self) -> int:
+        return self.options.full_layers - 1
+
+    @torch.inference_mode()
+    def after_decode(self, req: Request, q: torch.Tensor) -> int:
+        """Decode stage for one request: q [H, D] is its newest token's query at the check layer.
+        Recomputes a few reused tokens when attention has drifted; returns how many."""
+        plan, opts = req.reuse, self.options
+        if plan is None or plan.remaining is None or plan.remaining.numel() == 0:
+            return 0
+        layer = self.decode_probe_layer()
+        n = req.num_tokens  # called right after the forward: every token has its KV in the cache
+        all_slots = _slots(req, torch.arange(n, device=self.device), self.bs)
+        probs = self._attention_probs(layer, q[None], self._tensor([n - 1]), all_slots)[0].sum(dim=0)
+        now = probs[plan.remaining]
+        now = now / now.sum().clamp_min(1e-30)
+        if torch.nn.functional.cosine_similarity(now, plan.reference, dim=0) >= opts.drift:
+            return 0
+        pick = torch.topk(now, min(opts.decode_tokens, now.shape[0])).indices.sort().values
+        q_pos = plan.remaining[pick]
+        tiles = self.attn.tile_rows(self._tensor([b.block_id for b in req.blocks[: -(-n // self.bs)]]))
+        span = PrefillSpan(0, q_pos.shape[0], n, tiles, q_pos=q_pos)
+        self._layers(plan.hidden[pick], q_pos, _slots(req, q_pos, self.bs), span,
+                     range(opts.full_layers, len(self.model.layers)))
+        keep = torch.ones(plan.remaining.shape[0], dtype=torch.bool, device=self.device)
+        keep[pick] = False
+        plan.remaining, plan.hidden = plan.remaining[keep], plan.hidden[keep]
+        ref = now[keep]
+        plan.reference = ref / ref.sum().clamp_min(1e-30)
+        plan.num_decode_recomputed += int(pick.shape[0])
+        plan.decode_triggers += 1
+        return int(pick.shape[0])

@@ -1,0 +1,203 @@
+"""KVShare: span matching, re-rotated copies, DHD selective recompute, tenancy, the cache-aware policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import Engine
+from engine.block_pool import BlockPool
+from engine.kv_manager import KVCacheManager
+from engine.kvshare import plan_reuse
+from engine.params import ProgramHint, SamplingParams
+from engine.request import Request
+from engine.scheduler import Scheduler, make_policy
+
+BS = 4
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+
+def _cached_sequence(kv: KVCacheManager, tokens: list[int], tenant: str | None = None) -> Request:
+    req = Request("seed", None, tokens, GREEDY, ProgramHint(tenant=tenant))
+    assert kv.allocate(req, len(tokens))
+    req.num_computed_tokens = len(tokens)
+    kv.commit(req)
+    return req
+
+
+def _manager(scope: str = "tenant", blocks: int = 64) -> KVCacheManager:
+    return KVCacheManager(BlockPool(blocks), BS, content_scope=scope)
+
+
+def test_span_match_finds_blocks_at_other_offsets():
+    kv = _manager()
+    doc = list(range(100, 124))  # 6 blocks of 4
+    _cached_sequence(kv, doc)
+    new = Request("new", None, [7, 8, 9] + doc + [1, 2], GREEDY)
+    plan = plan_reuse(kv, new, 0, min_span=8)
+    assert plan is not None
+    assert plan.positions == list(range(3, 27))
+    assert plan.src_positions == list(range(0, 24))  # same tokens, computed 3 positions earlier
+    seed_slots = [b.block_id * BS + r for b in kv.pool.blocks if b.content_key for r in range(BS)]
+    assert set(plan.src_slots) <= set(seed_slots)
+
+
+def test_span_match_drops_short_runs_and_never_takes_the_last_token():
+    kv = _manager()
+    _cached_sequence(kv, list(range(200, 208)) + list(range(300, 316)))
+    short = Request("a", None, [1] + list(range(200, 204)) + [2, 3], GREEDY)  # one 4-token block only
+    assert plan_reuse(kv, short, 0, min_span=8) is None
+    assert plan_reuse(kv, short, 0, min_span=4).positions == [1, 2, 3, 4]
+    ends_in_doc = Request("b", None, [9] + list(range(300, 308)), GREEDY)  # the 2nd block would hold the last token
+    assert plan_reuse(kv, ends_in_doc, 0, min_span=4).positions == [1, 2, 3, 4]
+
+
+def test_span_index_is_per_tenant_unless_global():
+    doc = list(range(500, 516))
+    for scope, found in (("tenant", False), ("global", True)):
+        kv = _manager(scope)
+        _cached_sequence(kv, doc, tenant="alice")
+        bob = Request("b", None, [1, 2] + doc + [3], GREEDY, ProgramHint(tenant="bob"))
+        assert (plan_reuse(kv, bob, 0, min_span=4) is not None) is found
+        alice = Request("a", None, [1, 2] + doc + [3], GREEDY, ProgramHint(tenant="alice"))
+        assert plan_reuse(kv, alice, 0, min_span=4) is not None
+
+
+def test_evicted_blocks_leave_the_content_index():
+    kv = _manager(blocks=8)
+    seed = _cached_sequence(kv, list(range(600, 632)))  # all 8 blocks
+    kv.free(seed)
+    kv.pool.allocate(8)  # reuses every block: their old content must be gone
+    assert len(list(kv.pool.content.items())) == 0
+    kv.pool.check_integrity()
+
+
+# ---- the engine on a tiny random model ----------------------------------------------------------
+
+def _engine(tiny_model_dir, **kw) -> Engine:
+    return Engine(model=str(tiny_model_dir), kv_cache_tokens=4096, block_size=BS * 4, **kw)
+
+
+def _run(engine: Engine, prompt: list[int], tenant: str | None = None, params=GREEDY):
+    engine.add_request(prompt, params, hint=ProgramHint(tenant=tenant))
+    outs = []
+    while engine.has_unfinished_requests():
+        outs += [o for o in engine.step() if o.finished]
+    return outs[-1]
+
+
+def _prompts(engine: Engine) -> tuple[list[int], list[int]]:
+    g = torch.Generator().manual_seed(0)
+    vocab = engine.model_config.vocab_size
+    doc_a = torch.randint(10, vocab, (96,), generator=g).tolist()
+    doc_b = torch.randint(10, vocab, (80,), generator=g).tolist()
+    header = torch.randint(10, vocab, (7,), generator=g).tolist()
+    return doc_a + doc_b, header + doc_b + doc_a + [5, 6, 7]
+
+
+def test_dhd_with_full_ratio_equals_full_recompute(tiny_model_dir):
+    ref_engine = _engine(tiny_model_dir, enable_prefix_caching=False)
+    seed, prompt = _prompts(ref_engine)
+    ref = _run(ref_engine, prompt)
+    engine = _engine(tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=1.0)
+    _run(engine, seed)
+    out = _run(engine, prompt)
+    assert engine.stats.num_reused_tokens >= 128  # both documents found at their new offsets
+    assert out.token_ids == ref.token_ids
+    engine.pool.check_integrity()
+    assert engine.pool.num_free == engine.pool.num_blocks
+
+
+def test_reused_keys_are_rerotated_to_their_new_positions(tiny_model_dir):
+    """Layer 0's K depends only on token and position, so the copied, re-rotated K of layer 0 must
+    equal a fresh computation at the new position; naive reuse keeps it."""
+    engine = _engine(tiny_model_dir, kv_reuse="naive", kv_reuse_ratio=0.0)
+    seed, prompt = _prompts(engine)
+    _run(engine, seed)
+    req = engine.make_request(prompt, GREEDY)
+    engine.submit(req)
+    engine.step()
+    plan = req.reuse
+    assert plan is not None and plan.positions
+    fresh = _engine(tiny_model_dir, enable_prefix_caching=False)
+    ref = fresh.make_request(prompt, GREEDY)
+    fresh.submit(ref)
+    fresh.step()
+    bs = engine.config.block_size
+
+    def k_rows(e: Engine, r: Request, layer: int) -> torch.Tensor:
+        return torch.stack([e.runner.k_cache[layer, r.blocks[p // bs].block_id, :, p % bs] for p in plan.positions])
+
+    assert torch.allclose(k_rows(engine, req, 0), k_rows(fresh, ref, 0), atol=1e-5)
+    assert any(p != s for p, s in zip(plan.positions, plan.src_positions))  # they did move
+
+
+def test_reuse_does_not_cross_tenants_unless_enabled(tiny_model_dir):
+    for cross, reused in ((False, False), (True, True)):
+        engine = _engine(tiny_model_dir, kv_reuse="dhd", kv_reuse_cross_tenant=cross)
+        seed, prompt = _prompts(engine)
+        _run(engine, seed, tenant="alice")
+        _run(engine, prompt, tenant="bob")
+        assert (engine.stats.num_reused_tokens > 0) is reused
+        engine.pool.check_integrity()
+
+
+def test_approximate_kv_never_serves_an_exact_prefix_hit(tiny_model_dir):
+    engine = _engine(tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.2)
+    seed, prompt = _prompts(engine)
+    _run(engine, seed)
+    _run(engine, prompt)  # reuses from position 7 on: only what precedes is exact
+    again = _run(engine, prompt + [9, 9, 9])
+    assert again.num_cached_tokens <= 7
+    assert engine.stats.num_reuse_requests == 2  # it reused spans again instead
+
+
+def test_selective_recompute_computes_what_the_ratio_says(tiny_model_dir):
+    engine = _engine(tiny_model_dir, kv_reuse="cacheblend", kv_reuse_ratio=0.25)
+    seed, prompt = _prompts(engine)
+    _run(engine, seed)
+    _run(engine, prompt)
+    st = engine.stats
+    new_tokens = len(prompt) - st.num_reused_tokens
+    assert st.num_reuse_recomputed_tokens == new_tokens + -(-st.num_reused_tokens // 4)
+
+
+def test_decode_stage_recomputes_only_when_attention_drifts(tiny_model_dir):
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    counts = {}
+    for drift in (0.0, 1.01):  # never / always below the threshold
+        engine = _engine(tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.1, kv_reuse_drift=drift)
+        seed, prompt = _prompts(engine)
+        _run(engine, seed)
+        _run(engine, prompt, params=params)
+        counts[drift] = engine.runner.num_decode_recomputed
+        engine.pool.check_integrity()
+    assert counts[0.0] == 0
+    assert counts[1.01] == 3 * 11  # 3 tokens after each of the 11 decode steps
+
+
+# ---- the cache-aware policy ----------------------------------------------------------------------
+
+def test_cache_aware_policy_orders_by_hit_rate_and_ages():
+    kv = _manager(blocks=64)
+    doc = list(range(700, 764))
+    _cached_sequence(kv, doc)
+    now = [100.0]
+    sched = Scheduler(kv, make_policy("cache-aware"), 8, 1024, clock=lambda: now[0])
+    cold = Request("cold", None, list(range(900, 964)), GREEDY, arrival_time=99.0)
+    warm = Request("warm", None, doc + [1], GREEDY, arrival_time=100.0)
+    for r in (cold, warm):
+        sched.add(r)
+    assert warm.hit_rate > 0.9 and cold.hit_rate == 0.0
+    sched.now = 100.0
+    policy = sched.policy
+    assert sorted([cold, warm], key=lambda r: policy.key(r, sched))[0] is warm
+    sched.now = 99.0 + policy.max_wait_s  # the cold one has waited its bound: it goes first
+    assert sorted([cold, warm], key=lambda r: policy.key(r, sched))[0] is cold
+
+
+def test_program_policy_composes_with_cache_aware():
+    policy = make_policy("program+cache-aware")
+    assert policy.then is not None and policy.needs_hit_rate
+    with pytest.raises(ValueError):
+        make_policy("cache-unaware")
