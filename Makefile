@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	@# bfcl-eval pins numpy 1.x and dozens of API SDKs; the BFCL runner needs only its data, tool classes and
 	@# checker (plus mpmath, in dev), and its OpenAI handler only the tree-sitter parsers and overrides
 	$(PY) -m pip install -q --no-deps $(BFCL_SPECS)
+	@# the dashboard's browser test drives Debian's chromium (never `playwright install`: no browser downloads)
+	@command -v chromium >/dev/null || { $$(command -v sudo) apt-get update -qq && $$(command -v sudo) apt-get install -y -qq chromium; }
 	@touch $(STAMP)
 
 run: install
