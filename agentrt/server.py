@@ -36,7 +36,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -107,8 +107,31 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+def _check_unicode(value: Any) -> None:
+    """JSON may escape a lone UTF-16 surrogate (`"\\ud800"`), which is no character: refused here,
+    before it can reach the tokenizer or a hash (where it would fail inside the engine)."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"text holds a lone surrogate ({value[exc.start]!r}), which is not valid unicode") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(k)
+            _check_unicode(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_unicode(v)
+
+
 class _GenerationRequest(_Body):
     """Fields shared by chat and completions: sampling, streaming and the program hint."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        _check_unicode(data)
+        return data
 
     model: str
     max_tokens: int | None = None
