@@ -169,8 +169,8 @@ BAD_INPUTS = {
     "token id out of vocab": (COMPLETIONS, {"model": MODEL, "prompt": [10**6]}, 400, None),
     # JSON can escape a lone surrogate; as a tenant it once reached the prefix hash and killed the engine loop
     "lone surrogate in prompt": (COMPLETIONS, '{"model": "tiny", "prompt": "a\\ud800"}', 400, None),
-    "lone surrogate in tenant": (CHAT, '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], '
-                                       '"tenant": "\\udfff"}', 400, None),
+    "lone surrogate in tenant": (CHAT, '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "tenant": "\\udfff"}',
+                                 400, None),
 }
 
 
