@@ -13,9 +13,9 @@ import anyio
 import httpx
 import torch
 
-from agentrt import Runtime, ShellTool, StubBackend, tool
+from agentrt import EmbeddedBackend, Runtime, ShellTool, StubBackend, tool
 from agentrt.server import create_app
-from agentrt.store import ToolCallRow, read_rows
+from agentrt.store import LLMCall, Program, ToolCallRow, read_rows
 from engine import AsyncEngine, Engine, SamplingParams
 from tests.conftest import serve
 
@@ -110,6 +110,33 @@ def test_server_answers_a_model_failure_as_an_error_and_serves_the_rest(tiny_mod
         engine.pool.check_integrity()
         assert engine.pool.num_free == engine.pool.num_blocks
         assert httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code == 200
+
+
+def test_a_program_whose_llm_call_fails_in_the_model_is_recorded_failed(tmp_path, tiny_model_dir):
+    db = str(tmp_path / "oom.db")
+    backend = EmbeddedBackend(model=str(tiny_model_dir), kv_cache_tokens=2048)
+    poisoned: set[str] = set()
+    inject_oom(backend.aengine.engine, poisoned)
+
+    async def agent(ctx, task):
+        if task == "poison":
+            poisoned.add(ctx.program_id)
+        for _ in range(2):
+            await ctx.chat([{"role": "user", "content": f"tell me about {task}"}])
+        return "done"
+
+    rt = Runtime(backend, db=db, sampling=SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+    res = rt.run(agent, ["a", "poison", "b", "c"])
+    assert [p.status for p in res.programs] == ["finished", "failed", "finished", "finished"]
+    assert "OutOfMemoryError" in res.programs[1].error and res.programs[1].error.startswith("Traceback")
+    rows = {r["id"]: r for r in read_rows(db, Program, run_id=res.run_id)}
+    assert rows[res.programs[1].program_id]["status"] == "failed"
+    failed_calls = [c for c in read_rows(db, LLMCall) if c["error"]]
+    assert len(failed_calls) == 1 and failed_calls[0]["program_id"] == res.programs[1].program_id
+    assert len(read_rows(db, LLMCall)) == 2 * 3 + 1  # every other turn ran
+    engine = backend.aengine.engine
+    engine.pool.check_integrity()
+    assert engine.pool.num_free == engine.pool.num_blocks
 
 
 # ---- tools ---------------------------------------------------------------------------------------

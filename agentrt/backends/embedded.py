@@ -38,6 +38,8 @@ class EmbeddedBackend(Backend):
         held = hint.program_id is not None and hint.program_id in self.aengine.engine.pins.pins
         prompt = self.aengine.engine.apply_chat_template(messages) + (prefill or "")
         out = await self.aengine.complete(prompt, params, hint=hint, retention=retention)
+        if out.finish_reason == "error":  # the engine dropped this request (e.g. out of memory): the program fails
+            raise RuntimeError(f"the model failed on this request: {out.stop_reason}")
         wall, mono = time.time(), time.monotonic()
         m = out.metrics
         timings = LLMTimings(queued, _epoch(m.first_scheduled_time, wall, mono),
