@@ -301,3 +301,16 @@ def test_exported_page_works_from_a_file_offline(runs, exported, browser):
     program = page.locator("#programs tr[data-program]").first.get_attribute("data-program")
     check_program_detail_is_text(page, program)
     assert outside == [] and errors == []
+
+
+def test_page_asks_for_a_tenant_key_and_shows_only_that_tenant(runs, browser):
+    db, a, _ = runs
+    with serve(create_app(db, {"key-a": "team-a"})) as url:
+        page = browser.new_context().new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#key-form:not([hidden])")
+        page.fill("#key", "key-a")
+        page.click("#key-form button")
+        page.wait_for_selector("body[data-ready]")
+        options = page.locator("#run-a option").all_inner_texts()
+        assert len(options) == 1 and a[:8] in options[0]
