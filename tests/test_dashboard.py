@@ -21,7 +21,7 @@ from agentrt import EmbeddedBackend, Runtime, SamplingParams, StubBackend
 from agentrt.dashboard import create_app
 from agentrt.report import run_report
 from agentrt.retention import Retention
-from agentrt.store import EngineSample, LLMCall, ToolCallRow, read_rows
+from agentrt.store import EngineSample, LLMCall, ToolCallRow, open_db, read_rows
 from agentrt.tools import tool
 from agentrt.types import ToolCall
 from tests.conftest import serve
@@ -159,6 +159,23 @@ def test_tenants_see_only_their_programs(runs):
             assert get(url, path, key="key-a").status_code == 404, path
             assert get(url, path, key="key-b").status_code == 200, path
         assert httpx.get(url + "/api/runs", headers={"X-API-Key": "key-a"}).json()[0]["id"] == a
+
+
+def test_a_database_from_before_the_dashboard_columns_stays_readable(tmp_path):
+    import sqlite3
+
+    db = str(tmp_path / "old.db")
+    open_db(db).dispose()
+    with sqlite3.connect(db) as conn:  # the schema as it was: no tenant, no pin_held
+        conn.execute("DROP INDEX ix_programs_tenant")
+        conn.execute("ALTER TABLE programs DROP COLUMN tenant")
+        conn.execute("ALTER TABLE llm_calls DROP COLUMN pin_held")
+        conn.execute("INSERT INTO runs (id, started_at) VALUES ('r', 1.0)")
+        conn.execute("INSERT INTO programs (id, run_id, \"index\", status, arrival_at, finished_at, jct_s) "
+                     "VALUES ('p', 'r', 0, 'finished', 1.0, 3.0, 2.0)")
+    with serve(create_app(db)) as url:
+        assert get(url, "/api/runs/r").json()["jct_p50_s"] == 2.0
+        assert get(url, "/api/programs/p").json()["program"]["tenant"] is None
 
 
 def poll(fetch, until, timeout_s: float = 60.0):
