@@ -7,6 +7,7 @@
     agentrt swe --instances FILE.jsonl [--workdir DIR] [--step-limit N] [--predictions OUT]
     agentrt serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
     agentrt bench jct --traces DIR [--programs N] [--rate R] [--policy P ...] [--kv-blocks K] [--json OUT]
+    agentrt sim --traces DIR [--programs N] --rate R [--rate R2 ...] [--policy P ...] [--hardware H] [--json OUT] [--png OUT]
     agentrt bench reuse [--requests N] [--docs K] [--method M ...] [--json OUT]
 
 AGENT.py defines `async def agent(ctx, task)` and optionally `tasks` (a list, or a function of the
@@ -149,6 +150,13 @@ def cmd_swe(args) -> int:
     return 0
 
 
+def cmd_sim(args) -> int:
+    from agentrt.sim import main as sim
+
+    sim(args)
+    return 0
+
+
 def cmd_bench_jct(args) -> int:
     from agentrt.bench_jct import main as bench_jct
 
@@ -241,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     swe.add_argument("--json", help="write the per-instance results here")
     swe.add_argument("--no-progress", action="store_true")
     swe.set_defaults(func=cmd_swe)
+
+    simulate = sub.add_parser("sim", help="replay recorded sessions on the simulated engine (virtual time), JCT vs rate")
+    from agentrt.sim import add_arguments as add_sim_arguments
+
+    add_sim_arguments(simulate)
+    simulate.set_defaults(func=cmd_sim)
 
     srv = sub.add_parser("serve", help="OpenAI-compatible server over the embedded engine")
     srv.add_argument("--model", help="model directory or .gguf (default: SmolLM2-135M-Instruct)")

@@ -26,6 +26,7 @@ import json
 import platform
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -103,6 +104,13 @@ class CostModel:
     def step_s(self, shape: StepShape) -> float:
         raise NotImplementedError
 
+    # Steps whose token count the machine has not seen lately pay once more: oneDNN builds (JITs) a
+    # GEMM primitive per shape and keeps `shape_cache_size` shapes' worth. 0: no such cost.
+    shape_cache_size: int = 0
+
+    def new_shape_s(self, num_tokens: int) -> float:
+        return 0.0
+
     def describe(self) -> dict:
         raise NotImplementedError
 
@@ -119,13 +127,20 @@ def _feature_row(shape: StepShape) -> list[float]:
 @dataclass(slots=True)
 class LinearCostModel(CostModel):
     """t = overhead + per_seq·seqs + per_token·tokens + per_logit·LM-head rows + per_pair·prefill
-    attention pairs + per_key·decode keys; all coefficients >= 0, so t grows with every input."""
+    attention pairs + per_key·decode keys; all coefficients >= 0, so t grows with every input. A step
+    of a token count not among the last `shape_cache_size` ones adds new_shape_const +
+    new_shape_per_token·tokens (oneDNN's primitive cache holds 1024 primitives, ~5 GEMM shapes per
+    token count)."""
 
     name: str
     model: ModelConfig
     dtype: str
     coef: dict[str, float]
     source: dict  # how the coefficients were measured (command, machine, fit error)
+    shape_cache_size: int = 1024 // 5
+
+    def new_shape_s(self, num_tokens: int) -> float:
+        return self.coef["new_shape_const"] + self.coef["new_shape_per_token"] * num_tokens
 
     def step_s(self, shape: StepShape) -> float:
         c = self.coef
@@ -138,8 +153,10 @@ class LinearCostModel(CostModel):
 
     @classmethod
     def fit(cls, name: str, model: ModelConfig, dtype: str, shapes: list[StepShape], seconds: list[float],
-            source: dict) -> LinearCostModel:
-        """Non-negative least squares on relative error (every step counts alike, short or long)."""
+            first_seconds: list[float], source: dict) -> LinearCostModel:
+        """`seconds`: each step's time with its shape known; `first_seconds`: the same steps the first
+        time (a step whose token count was new then pays the new-shape cost). Non-negative least
+        squares on relative error (every step counts alike, short or long)."""
         from scipy.optimize import nnls
 
         x = np.asarray([_feature_row(s) for s in shapes], dtype=float)
@@ -150,19 +167,28 @@ class LinearCostModel(CostModel):
         coef, _ = nnls((x / scale) * w[:, None], t * w)
         coef = coef / scale
         pred = x @ coef
+        seen, new = set(), []
+        for i, s in enumerate(shapes):
+            if s.num_tokens not in seen:
+                new.append(i)
+                seen.add(s.num_tokens)
+        extra = np.asarray(first_seconds)[new] - t[new]
+        tokens = np.asarray([shapes[i].num_tokens for i in new], dtype=float)
+        (c0, c1), _ = nnls(np.stack([np.ones_like(tokens), tokens / tokens.max()], 1), extra)
         fit_error = {"steps": len(t), "mean_abs_rel_error": float(np.mean(np.abs(pred - t) / t)),
-                     "total_rel_error": float(pred.sum() / t.sum() - 1.0)}
-        return cls(name, model, dtype, dict(zip(_FEATURES, map(float, coef))), {**source, "fit": fit_error})
+                     "total_rel_error": float(pred.sum() / t.sum() - 1.0), "new_shape_steps": len(new)}
+        return cls(name, model, dtype, {**dict(zip(_FEATURES, map(float, coef))), "new_shape_const": float(c0),
+                                        "new_shape_per_token": float(c1 / tokens.max())}, {**source, "fit": fit_error})
 
     def to_json(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "model": asdict(self.model), "coef": self.coef,
-                "source": self.source}
+                "shape_cache_size": self.shape_cache_size, "source": self.source}
 
     @classmethod
     def from_json(cls, raw: dict) -> LinearCostModel:
         model = raw["model"]
         model["eos_token_ids"] = tuple(model.get("eos_token_ids", ()))
-        return cls(raw["name"], ModelConfig(**model), raw["dtype"], raw["coef"], raw["source"])
+        return cls(raw["name"], ModelConfig(**model), raw["dtype"], raw["coef"], raw["source"], raw["shape_cache_size"])
 
 
 @dataclass(slots=True, frozen=True)
@@ -255,25 +281,39 @@ HARDWARE = ("cpu-smollm2", "h100-llama8b")
 
 
 class SimulatedRunner:
-    """`ModelRunner.execute`'s interface: costs the step, advances the clock, returns logits whose
-    argmax is `SIM_TOKEN_ID` for every request that samples."""
+    """`ModelRunner.execute`'s interface: costs the step, advances the clock, returns logits that
+    only allow `SIM_TOKEN_ID` for every request that samples."""
 
     def __init__(self, cost_model: CostModel, clock: VirtualClock):
         self.cost_model = cost_model
         self.clock = clock
         self.last_forward_s = 0.0
         self.last_shape = StepShape()
+        self._recent_shapes: OrderedDict[int, None] = OrderedDict()  # token counts, least recent first
         self._logits = torch.zeros(0, SIM_TOKEN_ID + 1)
+
+    def _new_shape_s(self, num_tokens: int) -> float:
+        size, recent = self.cost_model.shape_cache_size, self._recent_shapes
+        if not size:
+            return 0.0
+        if num_tokens in recent:
+            recent.move_to_end(num_tokens)
+            return 0.0
+        recent[num_tokens] = None
+        if len(recent) > size:
+            recent.popitem(last=False)
+        return self.cost_model.new_shape_s(num_tokens)
 
     def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
         shape = StepShape.of(reqs, num_new)
         self.last_shape = shape
-        self.last_forward_s = self.cost_model.step_s(shape)
+        self.last_forward_s = self.cost_model.step_s(shape) + self._new_shape_s(shape.num_tokens)
         self.clock.advance(self.last_forward_s)
         sampling = [r for r, n in zip(reqs, num_new) if r.num_computed_tokens + n == r.num_tokens]
         if len(sampling) > len(self._logits):
-            self._logits = torch.zeros(len(sampling), SIM_TOKEN_ID + 1)
-            self._logits[:, SIM_TOKEN_ID] = 1.0
+            # every other token impossible: greedy or sampled, with any top-k/top-p, it is SIM_TOKEN_ID
+            self._logits = torch.full((len(sampling), SIM_TOKEN_ID + 1), float("-inf"))
+            self._logits[:, SIM_TOKEN_ID] = 0.0
         return self._logits[: len(sampling)], sampling
 
 
@@ -350,16 +390,17 @@ def calibration_workload(vocab: int, max_len: int) -> list[tuple[list[list[int]]
     cases = []
     for batch in (1, 4, 16, 32):
         for ctx in (32, 250, 1000):
-            if batch * ctx <= 16_000:
+            if batch * ctx <= 8_000:
                 cases.append(([prompt(batch * 10_000 + ctx + i, ctx) for i in range(batch)], 16, False))
     for n in (64, 256, 1024, 2000):  # prefill alone, then the same prompt extended (prefix hit)
         cases.append(([prompt(n, n)], 2, True))
     return cases
 
 
-def calibrate(engine: Engine, command: str, repeats: int = 2) -> LinearCostModel:
-    """Times the calibration workload's steps on a real, idle `engine` `repeats` times and fits the
-    linear model to each step's fastest time (other processes on the machine only ever add time)."""
+def calibrate(engine: Engine, command: str, repeats: int = 3) -> LinearCostModel:
+    """Times the calibration workload's steps on a real, idle `engine` `repeats` times; fits the linear
+    model to each step's fastest time after the first run (other processes on the machine only ever
+    add time) and the new-shape cost to what the first run paid more."""
     if engine.has_unfinished_requests():
         raise RuntimeError("calibrate needs an idle engine")
     engine.runner = _TimedShapes(engine.runner)
@@ -379,13 +420,15 @@ def calibrate(engine: Engine, command: str, repeats: int = 2) -> LinearCostModel
             runs.append(seconds)
     finally:
         engine.runner = engine.runner.runner
-    best = np.min(np.asarray(runs), axis=0).tolist()
+    best = np.min(np.asarray(runs[1:]), axis=0).tolist()  # shapes known by then (run 0 met them first)
     dtype = str(engine.dtype).removeprefix("torch.")
     source = {"command": command, "machine": f"{platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} torch threads", "repeats": repeats,
               "engine": {f.name: getattr(engine.config, f.name) for f in fields(engine.config)},
-              "samples": {"features": list(_FEATURES), "rows": [_feature_row(s) for s in shapes], "seconds": best}}
-    return LinearCostModel.fit(f"{engine.model_dir.name} (CPU)", engine.model_config, dtype, shapes, best, source)
+              "samples": {"features": list(_FEATURES), "rows": [_feature_row(s) for s in shapes], "seconds": best,
+                          "first_seconds": runs[0]}}
+    return LinearCostModel.fit(f"{engine.model_dir.name} (CPU)", engine.model_config, dtype, shapes, best, runs[0],
+                               source)
 
 
 def main(argv: list[str] | None = None) -> int:
