@@ -9,7 +9,8 @@ of tokens some cached sequence computed at another position. `plan_reuse` turns 
 1. copy the reused tokens' KV into the request's own blocks, K re-rotated by (new - old) position;
 2. layers < c (c = check layer + 1) run on every new token, exactly as a normal prefill;
 3. at the check layer, each reused token j is scored by its value deviation ‖V_fresh − V_cached‖₁,
-   times (method `dhd`) the attention mass α_j it receives; the top `ratio` of reused tokens, every
+   times (method `dhd`) the attention α_j it receives (summed over heads, averaged over the queries
+   that can see it: a plain sum would favour early tokens); the top `ratio` of reused tokens, every
    token without a cached value, and the prompt's last token form the recompute set S;
 4. layers ≥ c run on S only (sparse queries at their own positions over the request's whole KV);
    the other reused tokens keep their copied KV.
@@ -44,7 +45,7 @@ class ReuseOptions:
     method: str = "dhd"  # naive | cacheblend | dhd
     ratio: float = 0.2  # share of reused tokens recomputed after the check layer
     check_layer: int = 1
-    drift: float = 0.9  # decode stage: recompute when cosine(attention now, at selection) < drift; 0 = off
+    drift: float = 0.5  # decode stage: recompute when cosine(attention now, at selection) < drift; 0 = off
     decode_tokens: int = 3  # reused tokens recomputed per triggered decode step
     min_span: int = 32  # shortest reused span, in tokens
 
@@ -198,7 +199,6 @@ class Reuser:
         is_new[reused] = False
         is_new[-1] = True
         score = torch.zeros(reused.shape[0], device=self.device)
-        mass = None
         if c > 0:  # the check layer: fresh K/V for every token, scored against the copied values
             layer = model.layers[c - 1]
             cos, sin = rope_cos_sin(model.inv_freq, pos, x.dtype)
@@ -210,7 +210,10 @@ class Reuser:
             score = (v[reused].float() - v_old).abs().sum(dim=(1, 2))
             if opts.method == "dhd":
                 probs = self._attention_probs(c - 1, q, pos, all_slots)  # [m, H, n]
-                mass = probs.sum(dim=(0, 1))[start:][reused]
+                # mean attention a key receives from the queries that can see it (a plain sum
+                # would favour early tokens, which more queries see)
+                seen = torch.arange(n, 0, -1, device=self.device).clamp_max(n - start).float()
+                mass = (probs.sum(dim=(0, 1)) / seen)[start:][reused]
                 score = score * mass
         keep = math.ceil(opts.ratio * reused.shape[0]) if opts.method != "naive" else 0
         if keep:
