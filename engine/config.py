@@ -89,6 +89,8 @@ class EngineConfig:
     matmul: str = "auto"  # auto | torch | onednn (see engine.model.pick_linear)
     seed: int = 0
     profile_reload: bool = False  # time prefills at start-up for the reload model (engine/reload.py)
+    # a waiting request releases only pins of programs that arrived after its own (engine/retention.py)
+    protect_earlier_pins: bool = False
     num_threads: int | None = None
     # KVShare (engine/kvshare.py): reuse cached KV found at other positions, with selective recompute
     kv_reuse: str = "off"  # off | naive | cacheblend | dhd

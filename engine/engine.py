@@ -97,7 +97,8 @@ class Engine:
         self.kv = KVCacheManager(self.pool, bs, scope)
         self.pins = PinManager(self.pool)
         self.scheduler = Scheduler(self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs,
-                                   cfg.max_num_batched_tokens, self.pins, clock, self.reuse)
+                                   cfg.max_num_batched_tokens, self.pins, clock, self.reuse,
+                                   cfg.protect_earlier_pins)
         self.program_context: dict[str, int] = {}  # tokens of each live program's last finished turn
         self.queue_delay_s: float | None = None  # moving average of queueing of turns without a pin
         self.runner = self._make_runner(num_blocks)
@@ -222,8 +223,10 @@ class Engine:
         t0 = time.perf_counter()
         batch = self.scheduler.schedule()
         if not batch.requests:
-            if self.scheduler.waiting and not self.scheduler.running:
+            # with protected pins, waiting for an earlier program's pin to end is legitimate
+            if self.scheduler.waiting and not self.scheduler.running and not self.pins.pins:
                 raise RuntimeError("scheduler made no progress with free KV blocks; this is a bug")
+            self.last_step = StepInfo()
             return []
         for req in batch.requests:
             if req.metrics.first_scheduled_time is None:

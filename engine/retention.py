@@ -7,7 +7,9 @@ The next turn finds them through the prefix index, takes its own references, and
 (a hit). Rules:
 - a pin ends when it has expired *and* no request of its program is waiting;
 - all pins of a program end at its last turn;
-- when a request cannot get blocks, pins are released, latest-arriving program first;
+- when a request cannot get blocks, pins are released, latest-arriving program first (with
+  `protect_earlier_pins`, a waiting request may release only pins of programs that arrived after its
+  own: it waits for an earlier program's pin to end instead of evicting it);
 - a program holds at most one pin (a newer turn's pin replaces the older one).
 Counters: hits, expiries, forced releases, pinned block-seconds.
 """
@@ -88,9 +90,11 @@ class PinManager:
         self.stats.forced_releases += released
         return released
 
-    def release_latest(self, now: float, keep: str | None = None) -> bool:
-        """Memory pressure: drops the pin of the latest-arriving program (never `keep`'s). False if none."""
-        candidates = [p for p in self.pins.values() if p.program_id != keep]
+    def release_latest(self, now: float, keep: str | None = None, after: float | None = None) -> bool:
+        """Memory pressure: drops the pin of the latest-arriving program (never `keep`'s; with `after`,
+        only a program that arrived after that time). False if none."""
+        candidates = [p for p in self.pins.values()
+                      if p.program_id != keep and (after is None or p.program_arrival > after)]
         if not candidates:
             return False
         victim = max(candidates, key=lambda p: p.program_arrival)

@@ -118,11 +118,13 @@ class ScheduledBatch:
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, max_num_seqs: int,
                  max_num_batched_tokens: int, pins: PinManager | None = None,
-                 clock: Callable[[], float] = time.monotonic, reuse: ReuseOptions | None = None):
+                 clock: Callable[[], float] = time.monotonic, reuse: ReuseOptions | None = None,
+                 protect_earlier_pins: bool = False):
         self.kv = kv
         self.clock = clock  # pin expiry is judged on it (the simulator's is virtual)
         self.now = clock()
         self.reuse = reuse
+        self.protect_earlier_pins = protect_earlier_pins  # see engine/retention.py
         self.pins = pins or PinManager(kv.pool)
         self.program_arrival: dict[str, float] = {}  # first arrival of each live program
         self.policy = policy
@@ -211,13 +213,15 @@ class Scheduler:
             if budget <= 0 or len(running) >= self.max_num_seqs:
                 break
             pid = req.hint.program_id
+            after = _program_arrival(req, self) if self.protect_earlier_pins else None
             cached = self.kv.find_cached_prefix(req)
             n = min(req.num_tokens - len(cached) * self.kv.block_size, budget)
             self._plan_reuse(req, len(cached) * self.kv.block_size, n)
             while not self.kv.allocate(req, n, cached):
                 # others' pins first; the program's own pin last (its blocks that this request reuses
                 # stay in `cached` and are taken back by `allocate` before anything is evicted)
-                if not (pins.release_latest(now, keep=pid) or (pid is not None and pins.force_release(pid, now))):
+                if not (pins.release_latest(now, keep=pid, after=after)
+                        or (pid is not None and pins.force_release(pid, now))):
                     break
             else:
                 if req.reuse is not None:

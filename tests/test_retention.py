@@ -118,6 +118,23 @@ def test_memory_pressure_releases_the_latest_arriving_programs_pin_first(tiny_mo
     assert rid not in e.requests
 
 
+def test_protected_pins_make_a_later_program_wait_instead_of_evicting(tiny_model_dir):
+    e = make_engine(tiny_model_dir, kv_cache_tokens=20 * 16, scheduling_policy="program", protect_earlier_pins=True)
+    finish_one(e, turn(e, "early", tokens(100, 1), ttl=0.4))
+    finish_one(e, turn(e, "late", tokens(100, 2), ttl=30.0))
+    # an earlier program's request may still release a later program's pin
+    rid = turn(e, "early", tokens(150, 4), turn_no=1)
+    assert finish(e)[rid].finish_reason == "length"
+    assert "late" not in e.pins.pins and e.pins.stats.forced_releases == 1
+    finish_one(e, turn(e, "early", tokens(100, 1), turn_no=2, ttl=0.4))
+    rid = turn(e, "new", tokens(250, 3))  # arrived after "early": must not evict its pin
+    assert e.step() == [] and rid in e.requests and "early" in e.pins.pins
+    start = time.monotonic()
+    assert finish(e)[rid].finish_reason == "length"
+    assert time.monotonic() - start > 0.2  # it waited for the pin to expire
+    assert e.pins.stats.expiries == 1 and e.pins.stats.forced_releases == 1
+
+
 def test_a_programs_own_pin_yields_when_nothing_else_can(tiny_model_dir):
     """Found by the random-workload test: the only pin belongs to the waiting request's own program,
     whose new prompt does not reuse it, and the pool cannot hold both."""
