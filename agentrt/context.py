@@ -163,6 +163,7 @@ class Context:
             "prompt": str(sent[-1].get("content", ""))[: self.max_output_chars] if sent else None,
             "output": reply.text[: self.max_output_chars] if reply else None, "error": error,
             "pin_held": reply.pin_held if reply else None,
+            "reused_tokens": reply.reused_tokens if reply else None,
         })
 
     # ---- tools -------------------------------------------------------------------------------

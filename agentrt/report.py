@@ -80,6 +80,8 @@ def summarize(run: dict, programs: list[dict], llm: list[dict], tools: list[dict
         "llm_time_s": llm_s, "tool_time_s": sum(c["duration_s"] for c in tools),
         "ttft_p50_s": percentile(ttft, 50),
         "prompt_tokens": sum(c["prompt_tokens"] for c in llm), "cached_tokens": sum(c["cached_tokens"] for c in llm),
+        "reused_tokens": sum(c.get("reused_tokens") or 0 for c in llm),
+        "reuse_recorded": any(c.get("reused_tokens") is not None for c in llm),
         "output_tokens": sum(c["output_tokens"] for c in llm),
         "per_program": [{"index": p["index"], "id": p["id"], "status": p["status"], "turns": p["turns"],
                          "jct_s": p["jct_s"]} for p in programs],

@@ -83,6 +83,8 @@ class LLMCall(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # the program's KV pin from its previous turn was still held when this call was sent (None: unknown)
     pin_held: Mapped[bool | None] = mapped_column(Boolean)
+    # prompt tokens whose KV was reused from other positions (KVShare/DHD; None: unknown)
+    reused_tokens: Mapped[int | None] = mapped_column(Integer)
 
 
 class ToolCallRow(Base):

@@ -51,6 +51,7 @@ class ChatReply:
     cached_tokens: int = 0
     output_tokens: int = 0
     timings: LLMTimings | None = None
+    reused_tokens: int | None = None  # KVShare: prompt tokens whose KV came from other positions (None: unknown)
     tool_calls: list[ToolCall] = field(default_factory=list)
     pin_held: bool | None = None  # the program's KV pin was still held when the call was sent (None: unknown)
     format_error: str | None = None  # set when the reply tried to call a tool but the call did not parse

@@ -392,7 +392,8 @@ class Engine:
             finish_reason=req.finish_reason, stop_reason=req.stop_reason,
             delta_token_ids=req.token_ids[req.num_prompt_tokens + req.emitted_tokens:],
             delta_text=req.text[req.emitted_text_len:visible],
-            logprobs=req.logprobs, num_cached_tokens=req.num_cached_tokens, metrics=req.metrics,
+            logprobs=req.logprobs, num_cached_tokens=req.num_cached_tokens,
+            num_reused_tokens=req.num_reused_tokens, metrics=req.metrics,
         )
         req.emitted_tokens = req.num_output_tokens
         req.emitted_text_len = visible

@@ -50,7 +50,7 @@ class Request:
         "num_committed_blocks",
         "num_cached_tokens", "generator", "logprobs", "metrics", "stream",
         "text", "prefix_offset", "read_offset", "emitted_tokens", "emitted_text_len", "salt",
-        "retention", "pin_hit", "exact_tokens", "reuse", "hit_rate",
+        "retention", "pin_hit", "exact_tokens", "reuse", "hit_rate", "num_reused_tokens",
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
@@ -85,6 +85,7 @@ class Request:
         self.exact_tokens = 1 << 62
         self.reuse = None  # engine.kvshare.ReusePlan while this request's KV holds reused tokens
         self.hit_rate = 0.0  # share of the prompt cached at arrival (the cache-aware policy's key)
+        self.num_reused_tokens = 0  # prompt tokens whose KV was copied from other positions at first admission
         # incremental detokenization state (used when streaming or matching stop strings)
         self.text = ""
         self.prefix_offset = max(self.num_prompt_tokens - 5, 0)
@@ -129,4 +130,5 @@ class RequestOutput:
     delta_text: str = ""
     logprobs: list[TokenLogprob] | None = None
     num_cached_tokens: int = 0
+    num_reused_tokens: int = 0  # KVShare: prompt tokens whose KV came from other positions
     metrics: RequestMetrics | None = None

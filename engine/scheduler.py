@@ -229,6 +229,7 @@ class Scheduler:
                 req.pin_hit = pins.take(pid, now) or req.pin_hit
                 if req.metrics.num_preemptions == 0:
                     req.num_cached_tokens = len(cached) * self.kv.block_size
+                    req.num_reused_tokens = len(req.reuse.positions) if req.reuse is not None else 0
                 req.status = RequestStatus.RUNNING
                 running.append(req)
                 batch.requests.append(req)

@@ -88,7 +88,7 @@ def test_runs_and_headline_match_the_report(runs, base_url):
         assert head[key] == rep[key], key
     assert head["programs"] == 3 and head["llm_calls"] == 9 and head["tool_calls"] == 6
     assert head["prefix_hit_rate"] == pytest.approx(rep["cached_tokens"] / rep["prompt_tokens"])
-    assert head["dhd_hit_rate"] is None  # not recorded by the engine: shown as unknown, not as 0
+    assert head["dhd_hit_rate"] == 0.0  # recorded per call by the embedded backend; no KV reuse configured
     # every tool call was pinned for (fixed) 0.15 s
     assert sum(head["pins"].values()) == 6 and set(head["pins"]) <= {"hit", "expired", "released"}
     assert get(base_url, f"/api/runs/{b}").json()["pins"] == {}

@@ -45,7 +45,7 @@ class EmbeddedBackend(Backend):
         timings = LLMTimings(queued, _epoch(m.first_scheduled_time, wall, mono),
                              _epoch(m.first_token_time, wall, mono), _epoch(m.finish_time, wall, mono))
         return ChatReply((prefill or "") + out.text, out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
-                         len(out.token_ids), timings, pin_held=held)
+                         len(out.token_ids), timings, pin_held=held, reused_tokens=out.num_reused_tokens)
 
     def sample(self) -> dict:
         e = self.aengine.engine

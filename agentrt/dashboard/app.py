@@ -7,7 +7,7 @@ Endpoints (all GET, JSON; errors are `{"detail": ...}` with 401 or 404):
                                      finished_at, live, programs
     /api/runs/{run_id}               headline: programs, by_status, unfinished, jct_mean_s / p50 / p95 /
                                      p99, makespan_s, throughput_programs_per_s, token counts,
-                                     prefix_hit_rate, dhd_hit_rate (null: not recorded), pins by outcome,
+                                     prefix_hit_rate, dhd_hit_rate (null: not recorded, e.g. openai backend), pins by outcome,
                                      per_program, live
     /api/runs/{run_id}/timeline      programs (one row each) and spans (queue, prefill, decode, tool)
                                      and pins (hit, expired, released, holding), seconds since run start

@@ -93,7 +93,7 @@ def run_summary(eng, run_id: str, tenant: str | None = None) -> dict:
         "started_at": run["started_at"], "finished_at": run["finished_at"], "live": run["finished_at"] is None,
         "prefix_hit_rate": rep["cached_tokens"] / rep["prompt_tokens"] if rep["prompt_tokens"] else None,
         # DHD (non-prefix KV reuse) is not recorded per call by the engine yet: shown as unknown
-        "dhd_hit_rate": None,
+        "dhd_hit_rate": rep["reused_tokens"] / rep["prompt_tokens"] if rep["reuse_recorded"] and rep["prompt_tokens"] else None,
         "pins": outcomes,
     })
     return rep
