@@ -25,6 +25,9 @@ import dataclasses
 import heapq
 import itertools
 import json
+import os
+import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import anyio
 
+from agentrt.backends.embedded import EmbeddedBackend
 from agentrt.backends.stub import StubBackend
 from agentrt.bench_jct import (
     POLICIES,
@@ -43,10 +47,19 @@ from agentrt.bench_jct import (
 from agentrt.context import Context
 from agentrt.replay import ReplaySession, load_sessions, replay_agent
 from agentrt.retention import Retention
-from agentrt.runtime import ProgramResult, RunResult, poisson_arrivals
+from agentrt.runtime import ProgramResult, RunResult, Runtime, poisson_arrivals
 from agentrt.types import ToolCall, ToolResult
 from engine.params import ProgramHint, SamplingParams
-from engine.sim import HARDWARE, SimulatedEngine, VirtualClock, hardware
+from engine.sim import (
+    CPU_CALIBRATION,
+    HARDWARE,
+    LinearCostModel,
+    SimulatedEngine,
+    StepRecorder,
+    StepShape,
+    VirtualClock,
+    hardware,
+)
 from toolpredict.features import ToolCallRecord
 
 # replay scaling per hardware: the CPU one is the README's JCT benchmark; the GPU one keeps the
@@ -268,6 +281,42 @@ def agreement(traces: str | Path, policy: str, rate: float, programs: int | None
             "mean_llm_side_rel_diff": (sim["mean_jct_s"] - tool_s) / (real["mean_jct_s"] - tool_s) - 1.0}
 
 
+def profile_runtime(traces: str | Path, programs: int | None = None, rate: float = 1.0, kv_blocks: int = 256,
+                    seed: int = 0, command: str = "") -> LinearCostModel:
+    """The `cpu-smollm2` cost model fitted to the real embedded engine's steps as the runtime drives
+    them: a replay of `traces` (vllm policy) with each step's shape and its time from its start to
+    the next step's start while requests remain (the runtime's own work between steps, tokenizing
+    and thread hops, included; so is whatever else the machine runs at the time)."""
+    workload = load_workload(traces, "cpu-smollm2", seed)
+    n = programs or len(workload.sessions)
+    backend = EmbeddedBackend(kv_cache_tokens=kv_blocks * 16, scheduling_policy="fcfs", max_num_seqs=32)
+    engine = backend.aengine.engine
+    recorder = engine.runner = StepRecorder(engine.runner)
+    marks: list[tuple[StepShape | None, float, float, bool]] = []
+    step = engine.step
+
+    def timed_step():
+        recorder.shape = None
+        t0 = time.perf_counter()
+        outputs = step()
+        marks.append((recorder.shape, t0, time.perf_counter(), engine.has_unfinished_requests()))
+        return outputs
+
+    engine.step = timed_step  # the AsyncEngine loop looks it up at every step
+    Runtime(backend, tool_format="bash", max_turns=10_000,
+            sampling=SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)).run(
+        replay_agent, [workload.sessions[i % len(workload.sessions)].session for i in range(n)], rate=rate, seed=seed)
+    shapes, seconds = [], []
+    for (shape, t0, t1, busy), after in zip(marks, marks[1:] + [None]):
+        if shape is not None:
+            shapes.append(shape)
+            seconds.append(after[1] - t0 if busy and after is not None else t1 - t0)
+    source = {"command": command, "traces": str(traces), "programs": n, "rate": rate, "kv_blocks": kv_blocks,
+              "workload": workload.options, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    dtype = str(engine.dtype).removeprefix("torch.")
+    return LinearCostModel.fit(f"{engine.model_dir.name} (CPU)", engine.model_config, dtype, shapes, seconds, source)
+
+
 def plot(results: dict, png: str | Path, title: str) -> None:
     """Mean JCT against arrival rate, one line per policy (results: policy -> rate -> figures)."""
     import matplotlib
@@ -337,3 +386,25 @@ def main(args) -> dict:
         plot(out["results"], args.png, f"{n} programs from {Path(args.traces).name}, {args.hardware} (simulated), "
                                        f"KV {kv} blocks")
     return out
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    """`python -m agentrt.sim calibrate [--traces DIR] [--programs N] [--out FILE]`: re-measure this machine."""
+    ap = argparse.ArgumentParser(prog="python -m agentrt.sim calibrate", description=profile_runtime.__doc__)
+    ap.add_argument("--traces", default=str(Path(__file__).parents[1] / "tests" / "data" / "agent-traces-sample"))
+    ap.add_argument("--programs", type=int)
+    ap.add_argument("--rate", type=float, default=1.0)
+    ap.add_argument("--kv-blocks", type=int, default=256)
+    ap.add_argument("--out", default=str(CPU_CALIBRATION))
+    args = ap.parse_args(argv)
+    command = "python -m agentrt.sim calibrate " + " ".join(argv)
+    model = profile_runtime(args.traces, args.programs, args.rate, args.kv_blocks, command=command.strip())
+    Path(args.out).write_text(json.dumps(model.to_json(), indent=2) + "\n")
+    print(json.dumps({k: v for k, v in model.describe().items() if k != "source"} | {"fit": model.source["fit"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["calibrate"]:
+        sys.exit("usage: python -m agentrt.sim calibrate [--traces DIR] [--programs N] [--out FILE]")
+    sys.exit(calibrate_main(sys.argv[2:]))

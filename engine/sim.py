@@ -12,22 +12,16 @@ Invariants:
 - the clock only moves forward: by a step's cost inside `execute`, or by the caller between steps;
 - there is no text: prompts are token ids and outputs decode to "".
 
-Cost models: `LinearCostModel`, coefficients fitted (`calibrate`) to steps of the real engine timed
-on this machine, and `RooflineCostModel`, a GPU's memory bandwidth and FLOP rate against a model's
+Cost models: `LinearCostModel`, coefficients fitted to the real engine's steps timed on this
+machine as the runtime drives them (`StepRecorder`; agentrt/sim.py `profile_runtime`, cached in
+engine/data/), and `RooflineCostModel`, a GPU's memory bandwidth and FLOP rate against a model's
 weight and KV bytes and FLOPs. `hardware(name)` gives the ready-made ones (`HARDWARE`).
-
-    python -m engine.sim calibrate [--out engine/data/sim-cpu-smollm2.json]   # re-measure this machine
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import sys
-import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +29,6 @@ import torch
 
 from engine.config import ConfigError, EngineConfig, ModelConfig
 from engine.engine import Engine
-from engine.params import ProgramHint, SamplingParams
 from engine.request import Request
 
 SIM_TOKEN_ID = 1  # what the simulated model "generates": never an EOS, the engine has none
@@ -104,13 +97,6 @@ class CostModel:
     def step_s(self, shape: StepShape) -> float:
         raise NotImplementedError
 
-    # Steps whose token count the machine has not seen lately pay once more: oneDNN builds (JITs) a
-    # GEMM primitive per shape and keeps `shape_cache_size` shapes' worth. 0: no such cost.
-    shape_cache_size: int = 0
-
-    def new_shape_s(self, num_tokens: int) -> float:
-        return 0.0
-
     def describe(self) -> dict:
         raise NotImplementedError
 
@@ -127,20 +113,13 @@ def _feature_row(shape: StepShape) -> list[float]:
 @dataclass(slots=True)
 class LinearCostModel(CostModel):
     """t = overhead + per_seq·seqs + per_token·tokens + per_logit·LM-head rows + per_pair·prefill
-    attention pairs + per_key·decode keys; all coefficients >= 0, so t grows with every input. A step
-    of a token count not among the last `shape_cache_size` ones adds new_shape_const +
-    new_shape_per_token·tokens (oneDNN's primitive cache holds 1024 primitives, ~5 GEMM shapes per
-    token count)."""
+    attention pairs + per_key·decode keys; all coefficients >= 0, so t grows with every input."""
 
     name: str
     model: ModelConfig
     dtype: str
     coef: dict[str, float]
     source: dict  # how the coefficients were measured (command, machine, fit error)
-    shape_cache_size: int = 1024 // 5
-
-    def new_shape_s(self, num_tokens: int) -> float:
-        return self.coef["new_shape_const"] + self.coef["new_shape_per_token"] * num_tokens
 
     def step_s(self, shape: StepShape) -> float:
         c = self.coef
@@ -153,10 +132,8 @@ class LinearCostModel(CostModel):
 
     @classmethod
     def fit(cls, name: str, model: ModelConfig, dtype: str, shapes: list[StepShape], seconds: list[float],
-            first_seconds: list[float], source: dict) -> LinearCostModel:
-        """`seconds`: each step's time with its shape known; `first_seconds`: the same steps the first
-        time (a step whose token count was new then pays the new-shape cost). Non-negative least
-        squares on relative error (every step counts alike, short or long)."""
+            source: dict) -> LinearCostModel:
+        """Non-negative least squares on relative error (every step counts alike, short or long)."""
         from scipy.optimize import nnls
 
         x = np.asarray([_feature_row(s) for s in shapes], dtype=float)
@@ -167,28 +144,21 @@ class LinearCostModel(CostModel):
         coef, _ = nnls((x / scale) * w[:, None], t * w)
         coef = coef / scale
         pred = x @ coef
-        seen, new = set(), []
-        for i, s in enumerate(shapes):
-            if s.num_tokens not in seen:
-                new.append(i)
-                seen.add(s.num_tokens)
-        extra = np.asarray(first_seconds)[new] - t[new]
-        tokens = np.asarray([shapes[i].num_tokens for i in new], dtype=float)
-        (c0, c1), _ = nnls(np.stack([np.ones_like(tokens), tokens / tokens.max()], 1), extra)
         fit_error = {"steps": len(t), "mean_abs_rel_error": float(np.mean(np.abs(pred - t) / t)),
-                     "total_rel_error": float(pred.sum() / t.sum() - 1.0), "new_shape_steps": len(new)}
-        return cls(name, model, dtype, {**dict(zip(_FEATURES, map(float, coef))), "new_shape_const": float(c0),
-                                        "new_shape_per_token": float(c1 / tokens.max())}, {**source, "fit": fit_error})
+                     "total_rel_error": float(pred.sum() / t.sum() - 1.0)}
+        samples = {"features": list(_FEATURES), "rows": x.tolist(), "seconds": t.tolist()}
+        return cls(name, model, dtype, dict(zip(_FEATURES, map(float, coef))),
+                   {**source, "fit": fit_error, "samples": samples})
 
     def to_json(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "model": asdict(self.model), "coef": self.coef,
-                "shape_cache_size": self.shape_cache_size, "source": self.source}
+                "source": self.source}
 
     @classmethod
     def from_json(cls, raw: dict) -> LinearCostModel:
         model = raw["model"]
         model["eos_token_ids"] = tuple(model.get("eos_token_ids", ()))
-        return cls(raw["name"], ModelConfig(**model), raw["dtype"], raw["coef"], raw["source"], raw["shape_cache_size"])
+        return cls(raw["name"], ModelConfig(**model), raw["dtype"], raw["coef"], raw["source"])
 
 
 @dataclass(slots=True, frozen=True)
@@ -268,7 +238,7 @@ def hardware(name: str) -> Hardware:
     Llama-3.1-8B in bf16 on one 80 GB H100 (roofline)."""
     if name == "cpu-smollm2":
         if not CPU_CALIBRATION.exists():
-            raise ConfigError(f"no CPU calibration at {CPU_CALIBRATION}; run `python -m engine.sim calibrate`")
+            raise ConfigError(f"no CPU calibration at {CPU_CALIBRATION}; run `python -m agentrt.sim calibrate`")
         cost = LinearCostModel.from_json(json.loads(CPU_CALIBRATION.read_text()))
         return Hardware(name, cost, default_kv_blocks=256, max_num_seqs=32)
     if name == "h100-llama8b":
@@ -289,25 +259,12 @@ class SimulatedRunner:
         self.clock = clock
         self.last_forward_s = 0.0
         self.last_shape = StepShape()
-        self._recent_shapes: OrderedDict[int, None] = OrderedDict()  # token counts, least recent first
         self._logits = torch.zeros(0, SIM_TOKEN_ID + 1)
-
-    def _new_shape_s(self, num_tokens: int) -> float:
-        size, recent = self.cost_model.shape_cache_size, self._recent_shapes
-        if not size:
-            return 0.0
-        if num_tokens in recent:
-            recent.move_to_end(num_tokens)
-            return 0.0
-        recent[num_tokens] = None
-        if len(recent) > size:
-            recent.popitem(last=False)
-        return self.cost_model.new_shape_s(num_tokens)
 
     def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
         shape = StepShape.of(reqs, num_new)
         self.last_shape = shape
-        self.last_forward_s = self.cost_model.step_s(shape) + self._new_shape_s(shape.num_tokens)
+        self.last_forward_s = self.cost_model.step_s(shape)
         self.clock.advance(self.last_forward_s)
         sampling = [r for r, n in zip(reqs, num_new) if r.num_computed_tokens + n == r.num_tokens]
         if len(sampling) > len(self._logits):
@@ -351,15 +308,14 @@ class SimulatedEngine(Engine):
         return SimulatedRunner(self.cost_model, self.clock)
 
 
-# ---- calibration against the real engine ------------------------------------------------------
-
-
-class _TimedShapes:
-    """Wraps a real runner to note each step's shape (the step's wall time is taken outside)."""
+class StepRecorder:
+    """Wraps a real `ModelRunner` and notes the shape of each step it runs (`shape`; the caller resets
+    it to None before a step, so a step that ran nothing leaves None): how the CPU cost model is
+    calibrated from the real engine (agentrt/sim.py `profile_runtime`)."""
 
     def __init__(self, runner):
         self.runner = runner
-        self.shape = StepShape()
+        self.shape: StepShape | None = None
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
@@ -367,87 +323,3 @@ class _TimedShapes:
     def execute(self, reqs: list[Request], num_new: list[int]):
         self.shape = StepShape.of(reqs, num_new)
         return self.runner.execute(reqs, num_new)
-
-
-def _run_timed(engine: Engine, prompts: list[list[int]], max_tokens: int, tenant: str,
-               shapes: list[StepShape], seconds: list[float]) -> None:
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    for p in prompts:
-        engine.add_request(p, params, hint=ProgramHint(tenant=tenant))
-    while engine.has_unfinished_requests():
-        t0 = time.perf_counter()
-        engine.step()
-        seconds.append(time.perf_counter() - t0)
-        shapes.append(engine.runner.shape)
-
-
-def calibration_workload(vocab: int, max_len: int) -> list[tuple[list[list[int]], int, bool]]:
-    """(prompts, output tokens, second turn?) cases spanning batch sizes 1-32, contexts 32-1000, and
-    prefills alone, chunked, and over a cached prefix (a second turn)."""
-    def prompt(seed: int, n: int) -> list[int]:
-        return [(seed * 1_000_003 + i * 7919) % (vocab - 3) + 3 for i in range(min(n, max_len))]
-
-    cases = []
-    for batch in (1, 4, 16, 32):
-        for ctx in (32, 250, 1000):
-            if batch * ctx <= 8_000:
-                cases.append(([prompt(batch * 10_000 + ctx + i, ctx) for i in range(batch)], 16, False))
-    for n in (64, 256, 1024, 2000):  # prefill alone, then the same prompt extended (prefix hit)
-        cases.append(([prompt(n, n)], 2, True))
-    return cases
-
-
-def calibrate(engine: Engine, command: str, repeats: int = 3) -> LinearCostModel:
-    """Times the calibration workload's steps on a real, idle `engine` `repeats` times; fits the linear
-    model to each step's fastest time after the first run (other processes on the machine only ever
-    add time) and the new-shape cost to what the first run paid more."""
-    if engine.has_unfinished_requests():
-        raise RuntimeError("calibrate needs an idle engine")
-    engine.runner = _TimedShapes(engine.runner)
-    vocab, max_len = engine.model_config.vocab_size, engine.max_model_len - 64
-    runs: list[list[float]] = []
-    try:
-        _run_timed(engine, [[5] * 64], 8, "warm-up", [], [])  # first-call costs (kernel compiles) are not a step's
-        for r in range(repeats):
-            shapes: list[StepShape] = []
-            seconds: list[float] = []
-            for i, (prompts, out, second_turn) in enumerate(calibration_workload(vocab, max_len)):
-                tenant = f"calibrate-{r}-{i}"  # no prefix hits across cases or repeats
-                _run_timed(engine, prompts, out, tenant, shapes, seconds)
-                if second_turn:
-                    more = [p + [7] * 2 + p[: len(p) // 4] for p in prompts]
-                    _run_timed(engine, more, out, tenant, shapes, seconds)
-            runs.append(seconds)
-    finally:
-        engine.runner = engine.runner.runner
-    best = np.min(np.asarray(runs[1:]), axis=0).tolist()  # shapes known by then (run 0 met them first)
-    dtype = str(engine.dtype).removeprefix("torch.")
-    source = {"command": command, "machine": f"{platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} torch threads", "repeats": repeats,
-              "engine": {f.name: getattr(engine.config, f.name) for f in fields(engine.config)},
-              "samples": {"features": list(_FEATURES), "rows": [_feature_row(s) for s in shapes], "seconds": best,
-                          "first_seconds": runs[0]}}
-    return LinearCostModel.fit(f"{engine.model_dir.name} (CPU)", engine.model_config, dtype, shapes, best, runs[0],
-                               source)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.sim", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    cal = sub.add_parser("calibrate", help="time the real engine's steps here and fit the CPU cost model")
-    cal.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct)")
-    cal.add_argument("--kv-cache-tokens", type=int, default=65536)
-    cal.add_argument("--out", default=str(CPU_CALIBRATION))
-    args = ap.parse_args(argv)
-    engine = Engine(EngineConfig(model=args.model, kv_cache_tokens=args.kv_cache_tokens))
-    command = "python -m engine.sim " + " ".join(argv if argv is not None else sys.argv[1:])
-    model = calibrate(engine, command)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(model.to_json(), indent=2) + "\n")
-    print(json.dumps(model.describe(), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -53,7 +53,7 @@ def test_cost_models_grow_with_work(name):
 
 def test_cpu_calibration_says_how_it_was_made():
     source = hardware("cpu-smollm2").cost_model.describe()["source"]
-    assert source["command"].startswith("python -m engine.sim calibrate")
+    assert source["command"].startswith("python -m agentrt.sim calibrate")
     assert len(source["samples"]["seconds"]) == len(source["samples"]["rows"]) > 50
 
 
