@@ -258,13 +258,10 @@ class SimulatedRunner:
         self.cost_model = cost_model
         self.clock = clock
         self.last_forward_s = 0.0
-        self.last_shape = StepShape()
         self._logits = torch.zeros(0, SIM_TOKEN_ID + 1)
 
     def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
-        shape = StepShape.of(reqs, num_new)
-        self.last_shape = shape
-        self.last_forward_s = self.cost_model.step_s(shape)
+        self.last_forward_s = self.cost_model.step_s(StepShape.of(reqs, num_new))
         self.clock.advance(self.last_forward_s)
         sampling = [r for r, n in zip(reqs, num_new) if r.num_computed_tokens + n == r.num_tokens]
         if len(sampling) > len(self._logits):
