@@ -33,7 +33,8 @@ ContentKey = tuple  # (scope salt, token ids of one full block)
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "block_hash", "content_key", "position", "prev", "next")
+    __slots__ = ("block_id", "ref_count", "block_hash", "content_key", "position", "parent_hash", "child_hash",
+                 "prev", "next")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
@@ -41,6 +42,9 @@ class Block:
         self.block_hash: bytes | None = None
         self.content_key: ContentKey | None = None  # set while the block is in the content index
         self.position = 0  # position of the block's first token in the sequence that computed it
+        # hashes of the blocks before and after it in that sequence (content-indexed blocks only)
+        self.parent_hash: bytes | None = None
+        self.child_hash: bytes | None = None
         self.prev: Block | None = None
         self.next: Block | None = None
 
@@ -126,6 +130,7 @@ class ContentIndex:
         if old is not None:
             old.content_key = None
         block.content_key, block.position = key, position
+        block.parent_hash = block.child_hash = None
         self._by_key[key] = block
 
     def evict(self, block: Block) -> None:

@@ -75,9 +75,16 @@ class KVCacheManager:
         if full <= req.num_committed_blocks:
             return
         self._hash_full_blocks(req, full * bs)
+        hashes = req.block_hashes
         for i in range(req.num_committed_blocks, full):
             key = self.content_key(req, req.token_ids[i * bs:(i + 1) * bs]) if self.content_scope else None
-            self.pool.cache_block(req.blocks[i], req.block_hashes[i], key, i * bs)
+            self.pool.cache_block(req.blocks[i], hashes[i], key, i * bs)
+            if key is not None and i:  # link neighbours, so reused spans can extend past block edges
+                block, parent = self.pool.lookup(hashes[i]), self.pool.lookup(hashes[i - 1])
+                if block is not None and block.content_key is not None:
+                    block.parent_hash = hashes[i - 1]
+                if parent is not None and parent.content_key is not None:
+                    parent.child_hash = hashes[i]
         req.num_committed_blocks = full
 
     def release_reuse_sources(self, req: Request) -> None:

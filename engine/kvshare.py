@@ -81,38 +81,71 @@ class ReusePlan:
     copied: bool = field(default=False)
 
 
+@dataclass(slots=True)
+class _Run:
+    """Adjacent reused tokens of a prompt: (prompt position, source block, row in it) each."""
+
+    tokens: list[tuple[int, Block, int]]
+
+    @property
+    def start(self) -> int:
+        return self.tokens[0][0]
+
+    @property
+    def end(self) -> int:
+        return self.tokens[-1][0] + 1
+
+
 def plan_reuse(kv: KVCacheManager, req: Request, start: int, min_span: int) -> ReusePlan | None:
-    """Finds cached blocks whose tokens reappear in req's tokens [start, n - 1) at any offset."""
-    bs = kv.block_size
+    """Finds cached blocks whose tokens reappear in req's tokens [start, n - 1) at any offset: whole
+    blocks through the content index, then each run of them extended token by token into the
+    blocks that preceded and followed them in their own sequence (so a span need not be aligned)."""
+    bs, pool = kv.block_size, kv.pool
     toks = req.token_ids
     end = req.num_tokens - 1  # the last token is always computed (it gives the logits)
-    spans: list[tuple[int, int, Block]] = []  # (position, length, source block)
+    runs: list[_Run] = []
     i = start
     while i + bs <= end:
-        block = kv.pool.lookup_content(kv.content_key(req, toks[i:i + bs]))
+        block = pool.lookup_content(kv.content_key(req, toks[i:i + bs]))
         if block is None:
             i += 1
             continue
-        spans.append((i, bs, block))
+        hit = [(i + r, block, r) for r in range(bs)]
+        if runs and runs[-1].end == i:
+            runs[-1].tokens.extend(hit)
+        else:
+            runs.append(_Run(hit))
         i += bs
-    # keep runs of adjacent hits that reach min_span tokens
-    keep: list[tuple[int, int, Block]] = []
-    run: list[tuple[int, int, Block]] = []
-    for hit in spans + [(-1, 0, None)]:
-        if run and hit[0] != run[-1][0] + bs:
-            if len(run) * bs >= min_span:
-                keep.extend(run)
-            run = []
-        run.append(hit)
+    for k, run in enumerate(runs):  # backwards, into the first block's parent
+        first = run.tokens[0][1]
+        prev = pool.lookup(first.parent_hash) if first.parent_hash else None
+        floor = runs[k - 1].end if k else start
+        ext = []
+        if prev is not None and prev.content_key is not None:
+            cached = prev.content_key[1]
+            for r in range(bs - 1, -1, -1):
+                pos = run.start - (bs - r)
+                if pos < floor or toks[pos] != cached[r]:
+                    break
+                ext.append((pos, prev, r))
+        run.tokens[:0] = ext[::-1]
+    for k, run in enumerate(runs):  # forwards, into the last block's child
+        last = run.tokens[-1][1]
+        nxt = pool.lookup(last.child_hash) if last.child_hash else None
+        ceiling = runs[k + 1].start if k + 1 < len(runs) else end
+        if nxt is not None and nxt.content_key is not None:
+            cached = nxt.content_key[1]
+            for r in range(bs):
+                pos = run.end
+                if pos >= ceiling or toks[pos] != cached[r]:
+                    break
+                run.tokens.append((pos, nxt, r))
+    keep = [t for run in runs if len(run.tokens) >= min_span for t in run.tokens]
     if not keep:
         return None
-    positions, src_slots, src_positions, sources = [], [], [], []
-    for pos, n, block in keep:
-        positions.extend(range(pos, pos + n))
-        src_slots.extend(range(block.block_id * bs, block.block_id * bs + n))
-        src_positions.extend(range(block.position, block.position + n))
-        sources.append(block)
-    return ReusePlan(positions, src_slots, src_positions, sources)
+    sources = list({id(b): b for _, b, _ in keep}.values())
+    return ReusePlan([p for p, _, _ in keep], [b.block_id * bs + r for _, b, r in keep],
+                     [b.position + r for _, b, r in keep], sources)
 
 
 def _slots(req: Request, positions: torch.Tensor, bs: int) -> torch.Tensor:

@@ -48,8 +48,18 @@ def test_span_match_drops_short_runs_and_never_takes_the_last_token():
     short = Request("a", None, [1] + list(range(200, 204)) + [2, 3], GREEDY)  # one 4-token block only
     assert plan_reuse(kv, short, 0, min_span=8) is None
     assert plan_reuse(kv, short, 0, min_span=4).positions == [1, 2, 3, 4]
-    ends_in_doc = Request("b", None, [9] + list(range(300, 308)), GREEDY)  # the 2nd block would hold the last token
-    assert plan_reuse(kv, ends_in_doc, 0, min_span=4).positions == [1, 2, 3, 4]
+    ends_in_doc = Request("b", None, [9] + list(range(300, 308)), GREEDY)  # 307 is the last token: computed
+    assert plan_reuse(kv, ends_in_doc, 0, min_span=4).positions == list(range(1, 8))
+
+
+def test_spans_extend_past_block_edges_into_their_neighbours():
+    kv = _manager()
+    _cached_sequence(kv, list(range(100, 132)))  # 8 blocks of 4
+    unaligned = Request("u", None, [7] + list(range(102, 130)) + [1], GREEDY)
+    plan = plan_reuse(kv, unaligned, 0, min_span=8)
+    assert plan.positions == list(range(1, 29))  # 102..129: partial first and last blocks included
+    assert plan.src_positions == list(range(2, 30))
+    assert len(plan.sources) == 8
 
 
 def test_span_index_is_per_tenant_unless_global():
