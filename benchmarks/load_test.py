@@ -38,22 +38,9 @@ from pathlib import Path
 import httpx
 
 from agentrt.report import percentile
+from engine.bench import CHAT_PROMPTS
 from engine.loader import load_tokenizer, resolve_model
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain recursion in one sentence.",
-    "List three prime numbers.",
-    "How do I list files in bash?",
-    "What is 17 times 23?",
-    "Translate 'good morning' to Spanish.",
-    "Give me a tip for writing clean Python code.",
-    "Why is the sky blue?",
-    "Name a sorting algorithm and its complexity.",
-    "What does HTTP stand for?",
-    "Describe a cat in five words.",
-]
 API_KEY = "load-test-key"
 
 
@@ -85,7 +72,7 @@ def _metrics(client: httpx.Client) -> dict[str, float]:
 
 
 def _body(model: str, prompt: int, max_tokens: int, stream: bool) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[prompt]}], "temperature": 0,
+    body = {"model": model, "messages": [{"role": "user", "content": CHAT_PROMPTS[prompt]}], "temperature": 0,
             "max_tokens": max_tokens, "ignore_eos": True, "logprobs": True, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -133,7 +120,7 @@ async def _drive(url: str, model: str, clients: int, duration_s: float, grace_s:
         async def client_loop(i: int) -> None:
             k = 0
             while time.perf_counter() < deadline:
-                done.append(await _one_stream(client, model, (i + k) % len(PROMPTS), max_tokens))
+                done.append(await _one_stream(client, model, (i + k) % len(CHAT_PROMPTS), max_tokens))
                 k += 1
 
         tasks = [asyncio.create_task(client_loop(i)) for i in range(clients)]
@@ -208,7 +195,7 @@ def main() -> int:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
             model = c.get("/v1/models").json()["data"][0]["id"]
             references = {}
-            for i in range(len(PROMPTS)):  # the idle server's non-streamed greedy answers
+            for i in range(len(CHAT_PROMPTS)):  # the idle server's non-streamed greedy answers
                 r = c.post("/v1/chat/completions", json=_body(model, i, args.max_tokens, False))
                 r.raise_for_status()
                 references[i] = r.json()["choices"][0]["message"]["content"]

@@ -22,20 +22,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from engine.bench import CHAT_PROMPTS as BENCH_CHAT_PROMPTS
 from engine.tiny import make_tiny_model
 
-CHAT_PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain recursion in one sentence.",
-    "List three prime numbers.",
-    "How do I list files in bash?",
-    "What is 17 times 23?",
-    "Translate 'good morning' to Spanish.",
-    "Give me a tip for writing clean Python code.",
-    "Why is the sky blue?",
-    "Name a sorting algorithm and its complexity.",
-]
+CHAT_PROMPTS = BENCH_CHAT_PROMPTS[:10]
 
 
 @pytest.fixture(scope="session")
