@@ -40,6 +40,7 @@ from agentrt.backends.stub import StubBackend
 from agentrt.bench_jct import (
     POLICIES,
     _figures,
+    engine_options,
     make_retention,
     replay_prior,
     run_policy,
@@ -209,11 +210,25 @@ class _Simulation:
                 t, _, i = heapq.heappop(events)
                 self._submit(self.programs[i], t)
             if engine.has_unfinished_requests():
-                for out in engine.step():
+                outputs = engine.step()
+                if not outputs and engine.last_step.num_requests == 0:
+                    self._wait()
+                for out in outputs:
                     if out.finished:
                         self._finished(out)
             elif events:
                 clock.advance_to(events[0][0])
+
+    def _wait(self) -> None:
+        """Nothing could run (requests wait on earlier programs' pins, `protect_earlier_pins`): jump to
+        the next pin expiry or event, as the real engine would sleep until then."""
+        now = self.clock.now
+        later = [p.expires_at for p in self.engine.pins.pins.values() if p.expires_at > now]
+        if self.events:
+            later.append(self.events[0][0])
+        if not later:
+            raise RuntimeError("the simulated engine is stuck: requests wait, no pin expires and no program arrives")
+        self.clock.advance_to(min(later))
 
 
 def simulate(workload: Workload | str | Path, policy: str, rate: float, programs: int | None = None,
@@ -232,11 +247,12 @@ def simulate(workload: Workload | str | Path, policy: str, rate: float, programs
     if isinstance(workload, (str, Path)):
         workload = load_workload(workload, hardware_name, seed)
     hw = hardware(hardware_name)
-    scheduling, ttl = POLICIES[policy]
+    ttl = POLICIES[policy][1]
+    options = engine_options(policy)
+    options["profile_reload"] = options["profile_reload"] or retention is not None
     clock = VirtualClock()
     engine = SimulatedEngine(hw.cost_model, clock=clock, kv_cache_tokens=(kv_blocks or hw.default_kv_blocks) * 16,
-                             scheduling_policy=scheduling, max_num_seqs=max_num_seqs or hw.max_num_seqs,
-                             profile_reload=ttl is not None or retention is not None)
+                             max_num_seqs=max_num_seqs or hw.max_num_seqs, **options)
     if retention is not None:
         ret = retention(engine, list(workload.prior))
     else:
