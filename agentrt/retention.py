@@ -36,6 +36,7 @@ class Retention:
         self.pressure_aware, self.min_pressure = pressure_aware, min_pressure
         self.histories: dict[str, list[ToolCallRecord]] = {}
         self.turn_counts: list[int] = []
+        self._eta: float | None = None  # memoryfulness of turn_counts, cached until a program finishes
         self._lock = threading.Lock()
 
     @property
@@ -45,7 +46,9 @@ class Retention:
     def context(self, context_tokens: int) -> TTLContext:
         e = self.engine
         queue = e.queue_delay_s if e.queue_delay_s is not None else self.default_queue_delay_s
-        eta, reload = memoryfulness(self.turn_counts), e.reload_time_s(context_tokens)
+        if self._eta is None:  # O(finished programs): once per finish, not once per decision
+            self._eta = memoryfulness(self.turn_counts)
+        eta, reload = self._eta, e.reload_time_s(context_tokens)
         if self.pressure_aware:
             used = 1.0 - e.pool.num_free / e.pool.num_blocks
             scale = 1.0 / max(used, self.min_pressure)
@@ -69,3 +72,4 @@ class Retention:
         self.histories.pop(program_id, None)
         if turns:
             self.turn_counts.append(turns)
+            self._eta = None
