@@ -80,8 +80,9 @@ def _drain(engine: Engine) -> list:
     return outs
 
 
-def run_method(name: str, workload: dict, max_tokens: int, model: str | None = None) -> dict:
-    engine = Engine(model=model, kv_cache_tokens=32768, max_num_batched_tokens=4096, **METHODS[name])
+def run_method(name: str, workload: dict, max_tokens: int, model: str | None = None,
+               kv_cache_tokens: int = 32768) -> dict:
+    engine = Engine(model=model, kv_cache_tokens=kv_cache_tokens, max_num_batched_tokens=4096, **METHODS[name])
     sp_seed = SamplingParams(temperature=0, max_tokens=1)
     for tenant, text in workload["seeds"]:
         engine.add_request(_chat(engine, text), sp_seed, hint=ProgramHint(tenant=tenant))
@@ -198,7 +199,7 @@ def main(args) -> dict:
     runs, report = {}, {"methods": {}}
     for name in args.method or list(METHODS):
         t0 = time.perf_counter()
-        runs[name] = run_method(name, work, args.max_tokens, args.model)
+        runs[name] = run_method(name, work, args.max_tokens, args.model, args.kv_cache_tokens)
         print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     ref = runs.get("full")
     hit = runs.get("dhd-20", next(iter(runs.values())))["hit_rate"]
@@ -251,5 +252,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--corpus", default=str(CORPUS))
     ap.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kv-cache-tokens", type=int, default=32768,
+                    help="KV pool per method; the seeds of both tenants take ~35k tokens, so 32768 evicts some")
     ap.add_argument("--no-scheduling", action="store_true", help="skip the fcfs vs cache-aware burst")
     ap.add_argument("--json", help="write the figures here")
