@@ -26,7 +26,7 @@ is approximate, so such blocks never enter the prefix or content index (`Request
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -78,7 +78,7 @@ class ReusePlan:
     num_recomputed: int = 0
     num_decode_recomputed: int = 0
     decode_triggers: int = 0
-    copied: bool = field(default=False)
+    copied: bool = False
 
 
 @dataclass(slots=True)
@@ -171,6 +171,10 @@ class Reuser:
     def _tensor(self, data) -> torch.Tensor:
         return torch.tensor(data, dtype=torch.int64, device=self.device)
 
+    def _tiles(self, req: Request, n: int) -> torch.Tensor:
+        """Tile rows of the blocks holding req's first n tokens."""
+        return self.attn.tile_rows(self._tensor([b.block_id for b in req.blocks[: -(-n // self.bs)]]))
+
     def _cache_rows(self, cache: torch.Tensor, layer: int, slots: torch.Tensor) -> torch.Tensor:
         """[len(slots), KVH, D] of `cache[layer]` at flat slots."""
         c = cache[layer]  # [NB, KVH, bs, D]
@@ -223,11 +227,12 @@ class Reuser:
         pos = torch.arange(start, n, device=self.device)
         slots = _slots(req, pos, bs)
         all_slots = _slots(req, torch.arange(n, device=self.device), bs)
-        tiles = self.attn.tile_rows(self._tensor([b.block_id for b in req.blocks[: -(-n // bs)]]))
+        tiles = self._tiles(req, n)
+        full_span = PrefillSpan(0, n - start, start, tiles if start else None)  # layers < c: every token
         reused = self._tensor(plan.positions) - start  # local indices into pos
         x = model.embed[self._tensor(req.token_ids[start:n])]
         c = min(opts.full_layers, len(model.layers))
-        x = self._layers(x, pos, slots, PrefillSpan(0, n - start, start, tiles if start else None), range(c - 1))
+        x = self._layers(x, pos, slots, full_span, range(c - 1))
         is_new = torch.ones(n - start, dtype=torch.bool, device=self.device)
         is_new[reused] = False
         is_new[-1] = True
@@ -235,8 +240,7 @@ class Reuser:
         if c > 0:  # the check layer: fresh K/V for every token, scored against the copied values
             layer = model.layers[c - 1]
             cos, sin = rope_cos_sin(model.inv_freq, pos, x.dtype)
-            self.attn.begin_step(AttentionMetadata(slots, [PrefillSpan(0, n - start, start, tiles if start else None)],
-                                                   None, None, None))
+            self.attn.begin_step(AttentionMetadata(slots, [full_span], None, None, None))
             q, k, v = layer.qkv_proj(x, cos, sin)
             v_old = self._cache_rows(self.v_cache, c - 1, slots[reused]).float()
             x = layer.finish(x, self.attn.forward(c - 1, q, k, v))
@@ -285,7 +289,7 @@ class Reuser:
             return 0
         pick = torch.topk(now, min(opts.decode_tokens, now.shape[0])).indices.sort().values
         q_pos = plan.remaining[pick]
-        tiles = self.attn.tile_rows(self._tensor([b.block_id for b in req.blocks[: -(-n // self.bs)]]))
+        tiles = self._tiles(req, n)
         span = PrefillSpan(0, q_pos.shape[0], n, tiles, q_pos=q_pos)
         self._layers(plan.hidden[pick], q_pos, _slots(req, q_pos, self.bs), span,
                      range(opts.full_layers, len(self.model.layers)))
