@@ -1,16 +1,21 @@
 """GPU check of the Triton path, in one run on one GPU (under 8 minutes on an H100 by design):
 
-1. the kernel tests (tests/test_triton_kernels.py) on CUDA in fp32/fp16/bf16 against the references;
-2. greedy output of the default model through the engine, Triton backend == torch backend (float32);
+1. the kernel tests (tests/test_triton_kernels.py) on CUDA in fp32/fp16/bf16 against the references,
+   and the tiny-model engine tests (tests/test_kvshare.py, tests/test_models.py) with the engine on CUDA;
+2. greedy output of a SmolLM2-135M-shaped model (30 layers, 9/3 heads, random float32 weights: the
+   default model's 517 MB of weights cannot travel to a device machine that reaches no hub) through the
+   engine with the Triton backend and the torch backend, against Hugging Face `generate`, token for token;
 3. a randomly initialised Llama-3.1-8B-shaped model in bf16 (weights need not be real for speed):
    decode step time at batch 1/32/128 with 2k-token contexts against the memory-bandwidth limit
    (bytes of weights + KV read per step / --bandwidth-tbs), and one 8k-token prefill against bf16
    peak (--peak-tflops);
 4. the same batch workload (prompts of --hf-prompt-len tokens, --hf-new-tokens greedy tokens each)
    through the engine's runner and through Hugging Face `generate`, as tokens/s and their ratio.
-Prints a table and writes JSON.
+Prints a table and writes JSON after every step (a step that fails is recorded with its error and the
+others still run).
 
     benchmarks/gpu_check.sh [--json benchmarks/results/gpu_check.json] [--skip-hf] [--skip-tests]
+    benchmarks/gpu_check.sh --smoke   # every step at toy sizes, on CPU too (Triton's interpreter)
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from functools import partial
 from pathlib import Path
 
@@ -37,46 +43,106 @@ LLAMA_31_8B = {
 BLOCK_SIZE = 16
 
 
-def kernel_tests() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the kernels compile for the GPU
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton_kernels.py"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
-    return {"passed": proc.returncode == 0, "summary": tail, "seconds": round(time.perf_counter() - t0, 1)}
+CUDA_TESTS = ["tests/test_triton_kernels.py", "tests/test_kvshare.py", "tests/test_models.py"]
 
 
-def engine_parity(max_tokens: int = 48) -> dict:
+def cuda_tests(args) -> dict:
+    """The kernel tests and the tiny-model engine tests, each file in its own pytest (the engine picks
+    CUDA when there is one; the kernels compile for the GPU)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = {}
+    for path in CUDA_TESTS if not args.smoke else CUDA_TESTS[:1]:
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x" if args.smoke else "-q", path]
+        if args.smoke:
+            cmd += ["-k", "rope"]
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+                                  timeout=args.test_timeout)
+            lines = proc.stdout.strip().splitlines()
+            failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+            tail = lines[-1] if lines else proc.stderr[-500:]
+            out[path] = {"passed": proc.returncode == 0, "summary": tail, "failed": failed[:20],
+                         "log_tail": proc.stdout[-3000:] if proc.returncode else "",
+                         "seconds": round(time.perf_counter() - t0, 1)}
+        except subprocess.TimeoutExpired:
+            out[path] = {"passed": False, "summary": f"timed out after {args.test_timeout} s", "failed": []}
+    return out
+
+
+SMOLLM2_SHAPE = {"num_layers": 30, "hidden_size": 576, "num_heads": 9, "num_kv_heads": 3, "intermediate_size": 1536,
+                 "tie_word_embeddings": True, "max_position_embeddings": 8192}
+
+
+def engine_parity(args, device: str, max_tokens: int = 32) -> dict:
+    """Greedy tokens of the engine (Triton backend, torch backend; float32) against HF `generate` on the
+    same device, for prompts from 1 to 900 tokens, two of them sharing a 200-token prefix."""
+    import tempfile
+
     from engine import LLM
     from engine.params import SamplingParams
+    from engine.tiny import make_tiny_model
 
-    prompts = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers.",
-               "How do I list files in bash?", "Explain recursion in one sentence.", "Why is the sky blue?"]
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    shape = SMOLLM2_SHAPE if not args.smoke else {"num_layers": 2}
+    model_dir = make_tiny_model(Path(tempfile.mkdtemp()) / "smollm2-shaped", **shape)
+    gen = torch.Generator().manual_seed(1)
+    lengths = [1, 7, 16, 33, 250, 900] if not args.smoke else [1, 7, 40]
+    prompts = [torch.randint(3, 384, (n,), generator=gen).tolist() for n in lengths]
+    prompts.append(prompts[-2][:200] + torch.randint(3, 384, (60,), generator=gen).tolist())
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     outs = {}
     for backend in ("torch", "triton"):
-        llm = LLM(attention_backend=backend, device="cuda", dtype="float32", kv_cache_tokens=16384)
+        llm = LLM(str(model_dir), attention_backend=backend, device=device, dtype="float32", kv_cache_tokens=16384)
         outs[backend] = [o.token_ids for o in llm.generate(prompts, params)]
         del llm
-        torch.cuda.empty_cache()
-    same = sum(a == b for a, b in zip(outs["torch"], outs["triton"]))
-    return {"prompts": len(prompts), "identical": same, "passed": same == len(prompts)}
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+    ref = []
+    with torch.inference_mode():
+        for ids in prompts:
+            x = torch.tensor([ids], device=device)
+            y = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_tokens,
+                            min_new_tokens=max_tokens, do_sample=False, pad_token_id=0)
+            ref.append(y[0, len(ids):].tolist())
+    del hf
+    res = {"prompts": len(prompts), "prompt_lengths": [len(p) for p in prompts], "tokens_each": max_tokens}
+    for backend in ("torch", "triton"):
+        res[f"{backend}_identical_to_hf"] = sum(a == b for a, b in zip(outs[backend], ref))
+    res["triton_identical_to_torch"] = sum(a == b for a, b in zip(outs["triton"], outs["torch"]))
+    res["passed"] = res["triton_identical_to_hf"] == len(prompts) == res["torch_identical_to_hf"]
+    return res
 
 
-def random_llama(cfg):
+def ceilings(device: str) -> dict:
+    """The two ceilings measured here (METHOD: datasheet rates are leads): a 4 GiB device-to-device copy
+    (bytes read + written) and an 8192^3 bf16 matrix product on random data; medians of 10."""
+    n = (1 << 31) if device == "cuda" else (1 << 20)
+    src, dst = torch.randn(n, device=device, dtype=torch.bfloat16), torch.empty(n, device=device, dtype=torch.bfloat16)
+    m = 8192 if device == "cuda" else 256
+    a, b = (torch.randn(m, m, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        dst.copy_(src)
+        a @ b
+    copy_s = sorted(timed(lambda: dst.copy_(src)) for _ in range(10))[5]
+    mm_s = sorted(timed(lambda: a @ b) for _ in range(10))[5]
+    return {"copy_tbs": 2 * n * 2 / copy_s / 1e12, "bf16_matmul_tflops": 2 * m ** 3 / mm_s / 1e12}
+
+
+def random_llama(cfg, device: str):
     from engine.model import LlamaModel, rope_inv_freq
 
     with torch.device("meta"):
         model = LlamaModel(cfg)
-    model = model.to_empty(device="cuda").to(torch.bfloat16).eval()
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    model = model.to_empty(device=device).to(torch.bfloat16).eval()
+    gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=gen)
-    model.inv_freq = rope_inv_freq(cfg).cuda()
+    model.inv_freq = rope_inv_freq(cfg).to(device)
     return model
 
 
@@ -103,11 +169,16 @@ def blocks_needed(args) -> int:
                per(args.prefill))
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> float:
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -163,16 +234,22 @@ def engine_workload(runner, cfg, args) -> dict:
     return {"seconds": seconds, "tokens_per_s": args.hf_batch * args.hf_new_tokens / seconds}
 
 
-def hf_workload(cfg, args) -> dict:
+def hf_workload(cfg, args, device: str) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                          num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                          num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_position_embeddings,
-                         rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, rms_norm_eps=cfg.rms_norm_eps)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(hf_cfg).to(torch.bfloat16).eval()
-    ids = torch.randint(cfg.vocab_size, (args.hf_batch, args.hf_prompt_len), device="cuda")
+                         rope_parameters={"rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {"rope_type": "default"})},
+                         rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(hf_cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
+    ids = torch.randint(cfg.vocab_size, (args.hf_batch, args.hf_prompt_len), device=device)
     gen = {"attention_mask": torch.ones_like(ids), "max_new_tokens": args.hf_new_tokens, "min_new_tokens": args.hf_new_tokens,
                "do_sample": False, "pad_token_id": 0}
     with torch.inference_mode():
@@ -182,66 +259,117 @@ def hf_workload(cfg, args) -> dict:
     return {"seconds": seconds, "tokens_per_s": args.hf_batch * args.hf_new_tokens / seconds}
 
 
+TOY_LLAMA = {**LLAMA_31_8B, "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_layers": 2,
+             "num_heads": 4, "num_kv_heads": 2, "head_dim": 32, "max_position_embeddings": 4096}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
     ap.add_argument("--context", type=int, default=2048, help="decode context length (tokens)")
     ap.add_argument("--prefill", type=int, default=8192, help="prefill length (tokens)")
     ap.add_argument("--steps", type=int, default=20, help="timed decode steps per batch size (median reported)")
-    ap.add_argument("--bandwidth-tbs", type=float, default=3.0, help="memory bandwidth of this GPU, TB/s")
-    ap.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 peak of this GPU, TFLOP/s")
+    ap.add_argument("--bandwidth-tbs", type=float, default=None,
+                    help="memory bandwidth of this GPU, TB/s (default: the copy bandwidth measured first)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense bf16 peak of this GPU, TFLOP/s (default: the 8192^3 bf16 product measured first)")
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--hf-prompt-len", type=int, default=2048)
     ap.add_argument("--hf-new-tokens", type=int, default=64)
+    ap.add_argument("--test-timeout", type=int, default=240, help="seconds for each test file")
     ap.add_argument("--skip-tests", action="store_true", help="skip steps 1 and 2 (correctness)")
     ap.add_argument("--skip-hf", action="store_true", help="skip step 4 (Hugging Face generate)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="toy sizes, any device (checks this script, measures nothing): CPU runs the kernels in "
+                         "Triton's interpreter")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu_check needs a CUDA GPU and a CUDA build of torch; torch.cuda.is_available() is False here.",
-              file=sys.stderr)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        print("gpu_check needs a CUDA GPU and a CUDA build of torch; torch.cuda.is_available() is False here "
+              "(--smoke runs it at toy sizes on CPU).", file=sys.stderr)
         return 2
+    if not cuda:
+        os.environ["TRITON_INTERPRET"] = "1"  # before engine/ imports the kernels
+    if args.smoke:
+        args.context, args.prefill, args.steps, args.hf_batch, args.hf_prompt_len, args.hf_new_tokens = 40, 64, 2, 2, 24, 3
+    device = "cuda" if cuda else "cpu"
     from engine.config import ModelConfig
     from engine.runner import ModelRunner
 
-    result: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    result: dict = {"gpu": torch.cuda.get_device_name() if cuda else "cpu (smoke)", "torch": torch.__version__,
+                    "errors": {}}
+
+    def step(name, fn):
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            result[name] = fn()
+        except Exception:  # noqa: BLE001 - recorded, and the other steps still run
+            result["errors"][name] = traceback.format_exc()[-3000:]
+            print(result["errors"][name], file=sys.stderr, flush=True)
+        print(f"   {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+    step("ceilings", lambda: ceilings(device))
+    args.bandwidth_tbs = args.bandwidth_tbs or result.get("ceilings", {}).get("copy_tbs", 3.0)
+    args.peak_tflops = args.peak_tflops or result.get("ceilings", {}).get("bf16_matmul_tflops", 790.0)
+    result["limits_used"] = {"bandwidth_tbs": args.bandwidth_tbs, "peak_tflops": args.peak_tflops}
     if not args.skip_tests:
-        result["kernel_tests"] = kernel_tests()
-        result["engine_parity"] = engine_parity()
-    cfg = ModelConfig(**LLAMA_31_8B)
-    model = random_llama(cfg)
-    runner = ModelRunner(model, cfg, blocks_needed(args), BLOCK_SIZE, torch.device("cuda"), torch.bfloat16, "triton")
-    result["speed"] = speed(runner, cfg, args)
-    result["engine_workload"] = engine_workload(runner, cfg, args)
-    del runner, model
-    torch.cuda.empty_cache()
+        step("cuda_tests", lambda: cuda_tests(args))
+        step("engine_parity", lambda: engine_parity(args, device))
+    cfg = ModelConfig(**(LLAMA_31_8B if not args.smoke else TOY_LLAMA))
+    holder = {}
+
+    def build():
+        holder["runner"] = ModelRunner(random_llama(cfg, device), cfg, blocks_needed(args), BLOCK_SIZE,
+                                       torch.device(device), torch.bfloat16, "triton")
+        return {"weight_bytes": sum(p.numel() * p.element_size() for p in holder["runner"].model.parameters())}
+
+    step("model", build)
+    if "runner" in holder:
+        step("speed", lambda: speed(holder["runner"], cfg, args))
+        step("engine_workload", lambda: engine_workload(holder["runner"], cfg, args))
+    holder.clear()
+    if cuda:
+        torch.cuda.empty_cache()
     if not args.skip_hf:
-        result["hf_workload"] = hf_workload(cfg, args)
-        result["speedup_vs_hf"] = result["engine_workload"]["tokens_per_s"] / result["hf_workload"]["tokens_per_s"]
-    print_table(result)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+        step("hf_workload", lambda: hf_workload(cfg, args, device))
+        if "hf_workload" in result and "engine_workload" in result:
+            result["speedup_vs_hf"] = result["engine_workload"]["tokens_per_s"] / result["hf_workload"]["tokens_per_s"]
     args.json.write_text(json.dumps(result, indent=2))
+    print_table(result)
     print(f"wrote {args.json}")
-    return 0
+    return 0 if not result["errors"] else 1
 
 
 def print_table(r: dict) -> None:
     print(f"GPU: {r['gpu']}  torch {r['torch']}")
-    if "kernel_tests" in r:
-        k, e = r["kernel_tests"], r["engine_parity"]
-        print(f"kernel tests on GPU: {'PASS' if k['passed'] else 'FAIL'} ({k['summary']})")
-        print(f"engine greedy, triton == torch (fp32): {e['identical']}/{e['prompts']} identical")
-    print(f"{'decode batch':>12} {'context':>8} {'step ms':>9} {'limit ms':>9} {'x limit':>8} {'tok/s':>9}")
-    for row in r["speed"]["decode"]:
-        print(f"{row['batch']:>12} {row['context']:>8} {row['step_ms']:>9.2f} {row['limit_ms']:>9.2f} "
-              f"{row['ratio_to_limit']:>8.2f} {row['tokens_per_s']:>9.0f}")
-    p = r["speed"]["prefill"]
-    print(f"prefill {p['tokens']} tokens: {p['seconds'] * 1e3:.0f} ms, {p['tflops']:.0f} TFLOP/s, "
-          f"{100 * p['fraction_of_peak']:.0f}% of peak")
-    w = r["engine_workload"]
-    print(f"batch workload, engine: {w['tokens_per_s']:.0f} tok/s ({w['seconds']:.2f} s)")
+    if "ceilings" in r:
+        print(f"measured ceilings: copy {r['ceilings']['copy_tbs']:.2f} TB/s, bf16 matmul "
+              f"{r['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s (limits used: {r['limits_used']})")
+    for path, t in r.get("cuda_tests", {}).items():
+        print(f"{path} on the device: {'PASS' if t['passed'] else 'FAIL'} ({t['summary']})")
+    if "engine_parity" in r:
+        e = r["engine_parity"]
+        print(f"greedy, {e['prompts']} prompts x {e['tokens_each']} tokens (fp32): triton == HF {e['triton_identical_to_hf']}, "
+              f"torch == HF {e['torch_identical_to_hf']}, triton == torch {e['triton_identical_to_torch']}")
+    if "speed" in r:
+        print(f"{'decode batch':>12} {'context':>8} {'step ms':>9} {'limit ms':>9} {'x limit':>8} {'tok/s':>9}")
+        for row in r["speed"]["decode"]:
+            print(f"{row['batch']:>12} {row['context']:>8} {row['step_ms']:>9.2f} {row['limit_ms']:>9.2f} "
+                  f"{row['ratio_to_limit']:>8.2f} {row['tokens_per_s']:>9.0f}")
+        p = r["speed"]["prefill"]
+        print(f"prefill {p['tokens']} tokens: {p['seconds'] * 1e3:.0f} ms, {p['tflops']:.0f} TFLOP/s, "
+              f"{100 * p['fraction_of_peak']:.0f}% of peak")
+    if "engine_workload" in r:
+        w = r["engine_workload"]
+        print(f"batch workload, engine: {w['tokens_per_s']:.0f} tok/s ({w['seconds']:.2f} s)")
     if "hf_workload" in r:
-        print(f"batch workload, HF generate: {r['hf_workload']['tokens_per_s']:.0f} tok/s; "
-              f"engine / HF = {r['speedup_vs_hf']:.1f}x")
+        print(f"batch workload, HF generate: {r['hf_workload']['tokens_per_s']:.0f} tok/s ({r['hf_workload']['seconds']:.2f} s)"
+              + (f"; engine / HF = {r['speedup_vs_hf']:.1f}x" if "speedup_vs_hf" in r else ""))
+    for name in r["errors"]:
+        print(f"step {name} FAILED (traceback in the JSON)")
 
 
 if __name__ == "__main__":
