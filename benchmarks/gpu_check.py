@@ -51,7 +51,7 @@ def cuda_tests(args) -> dict:
     CUDA when there is one; the kernels compile for the GPU)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = {}
-    for path in CUDA_TESTS if not args.smoke else CUDA_TESTS[:1]:
+    for path in args.tests if not args.smoke else args.tests[:1]:
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x" if args.smoke else "-q", path]
         if args.smoke:
@@ -89,24 +89,36 @@ def engine_parity(args, device: str, max_tokens: int = 32) -> dict:
     lengths = [1, 7, 16, 33, 250, 900] if not args.smoke else [1, 7, 40]
     prompts = [torch.randint(3, 384, (n,), generator=gen).tolist() for n in lengths]
     prompts.append(prompts[-2][:200] + torch.randint(3, 384, (60,), generator=gen).tolist())
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    outs = {}
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=2)
+    outs, gaps = {}, {}
     for backend in ("torch", "triton"):
         llm = LLM(str(model_dir), attention_backend=backend, device=device, dtype="float32", kv_cache_tokens=16384)
-        outs[backend] = [o.token_ids for o in llm.generate(prompts, params)]
+        res = llm.generate(prompts, params)
+        outs[backend] = [o.token_ids for o in res]
+        # per step, the logprob gap between the engine's two most likely tokens (near 0: a near-tie)
+        gaps[backend] = [[t.top[0][1] - t.top[1][1] for t in o.logprobs] for o in res]
         del llm
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
-    ref = []
+    ref, ref_gaps = [], []
     with torch.inference_mode():
         for ids in prompts:
             x = torch.tensor([ids], device=device)
-            y = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_tokens,
-                            min_new_tokens=max_tokens, do_sample=False, pad_token_id=0)
-            ref.append(y[0, len(ids):].tolist())
+            y = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                            do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+            ref.append(y.sequences[0, len(ids):].tolist())
+            top2 = [torch.log_softmax(sc[0].float(), -1).topk(2).values.tolist() for sc in y.scores]
+            ref_gaps.append([a - b for a, b in top2])
     del hf
     res = {"prompts": len(prompts), "prompt_lengths": [len(p) for p in prompts], "tokens_each": max_tokens}
+    # Where a sequence departs from HF's: the step, and both sides' top-1/top-2 logprob gap there.
+    res["divergences"] = []
+    for i, (ours, theirs) in enumerate(zip(outs["triton"], ref)):
+        at = next((j for j, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+        if at is not None:
+            res["divergences"].append({"prompt": i, "step": at, "hf_gap": ref_gaps[i][at],
+                                       "triton_gap": gaps["triton"][i][at], "torch_gap": gaps["torch"][i][at]})
     for backend in ("torch", "triton"):
         res[f"{backend}_identical_to_hf"] = sum(a == b for a, b in zip(outs[backend], ref))
     res["triton_identical_to_torch"] = sum(a == b for a, b in zip(outs["triton"], outs["torch"]))
@@ -211,6 +223,34 @@ def speed(runner, cfg, args) -> dict:
     return {"decode": rows, "prefill": prefill, "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_per_token}
 
 
+def decode_profile(runner, cfg, args) -> dict:
+    """One batch-1 decode step with and without its CUDA graph, and the kernels of the graph-less step
+    (count, and the ten largest by device time) from torch.profiler: where the step's time goes."""
+    (req,) = make_requests(1, args.context, 1, cfg.vocab_size)
+    req.token_ids.append(0)
+    req.num_computed_tokens = args.context
+    step = partial(runner.execute, [req], [1])
+    graphs, out = runner.graphs, {}
+    for name, g in (("graph", graphs), ("eager", None)):
+        runner.graphs = g
+        for _ in range(3):
+            step()
+        out[f"{name}_ms"] = 1e3 * sorted(timed(step) for _ in range(args.steps))[args.steps // 2]
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]
+    with profile(activities=acts) as prof:
+        step()
+        sync()
+    runner.graphs = graphs
+    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    out["kernels"] = sum(e.count for e in events)
+    out["device_ms"] = sum(e.device_time_total for e in events) / 1e3
+    out["top"] = [{"name": e.key[:80], "count": e.count, "ms": e.device_time_total / 1e3} for e in events[:10]]
+    return out
+
+
 def engine_workload(runner, cfg, args) -> dict:
     """The batch workload through the runner as the engine schedules it: chunked prefill (8k tokens a
     step), then greedy decode steps of the whole batch."""
@@ -279,6 +319,7 @@ def main() -> int:
     ap.add_argument("--test-timeout", type=int, default=240, help="seconds for each test file")
     ap.add_argument("--skip-tests", action="store_true", help="skip steps 1 and 2 (correctness)")
     ap.add_argument("--skip-hf", action="store_true", help="skip step 4 (Hugging Face generate)")
+    ap.add_argument("--tests", nargs="*", default=CUDA_TESTS, help="test files run on the device in step 1")
     ap.add_argument("--smoke", action="store_true",
                     help="toy sizes, any device (checks this script, measures nothing): CPU runs the kernels in "
                          "Triton's interpreter")
@@ -329,6 +370,7 @@ def main() -> int:
     step("model", build)
     if "runner" in holder:
         step("speed", lambda: speed(holder["runner"], cfg, args))
+        step("decode_profile", lambda: decode_profile(holder["runner"], cfg, args))
         step("engine_workload", lambda: engine_workload(holder["runner"], cfg, args))
     holder.clear()
     if cuda:
@@ -354,6 +396,9 @@ def print_table(r: dict) -> None:
         e = r["engine_parity"]
         print(f"greedy, {e['prompts']} prompts x {e['tokens_each']} tokens (fp32): triton == HF {e['triton_identical_to_hf']}, "
               f"torch == HF {e['torch_identical_to_hf']}, triton == torch {e['triton_identical_to_torch']}")
+        for d in e.get("divergences", []):
+            print(f"  prompt {d['prompt']} departs at step {d['step']}: top-2 logprob gap HF {d['hf_gap']:.2e}, "
+                  f"triton {d['triton_gap']:.2e}, torch {d['torch_gap']:.2e}")
     if "speed" in r:
         print(f"{'decode batch':>12} {'context':>8} {'step ms':>9} {'limit ms':>9} {'x limit':>8} {'tok/s':>9}")
         for row in r["speed"]["decode"]:
@@ -362,6 +407,11 @@ def print_table(r: dict) -> None:
         p = r["speed"]["prefill"]
         print(f"prefill {p['tokens']} tokens: {p['seconds'] * 1e3:.0f} ms, {p['tflops']:.0f} TFLOP/s, "
               f"{100 * p['fraction_of_peak']:.0f}% of peak")
+    if "decode_profile" in r:
+        d = r["decode_profile"]
+        print(f"batch-1 decode: {d['graph_ms']:.2f} ms with its CUDA graph, {d['eager_ms']:.2f} ms eager; eager step "
+              f"= {d['kernels']} kernels, {d['device_ms']:.2f} ms device time; top: "
+              + ", ".join(f"{t['name'][:40]} x{t['count']} {t['ms']:.2f} ms" for t in d["top"][:5]))
     if "engine_workload" in r:
         w = r["engine_workload"]
         print(f"batch workload, engine: {w['tokens_per_s']:.0f} tok/s ({w['seconds']:.2f} s)")

@@ -85,7 +85,8 @@ def test_evicted_blocks_leave_the_content_index():
 # ---- the engine on a tiny random model ----------------------------------------------------------
 
 def _engine(tiny_model_dir, **kw) -> Engine:
-    return Engine(model=str(tiny_model_dir), kv_cache_tokens=4096, block_size=BS * 4, **kw)
+    # float32 on any device: the tests compare K/V and tokens with a fresh computation to float32 rounding
+    return Engine(model=str(tiny_model_dir), kv_cache_tokens=4096, block_size=BS * 4, dtype="float32", **kw)
 
 
 def _run(engine: Engine, prompt: list[int], tenant: str | None = None, params=GREEDY):

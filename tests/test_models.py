@@ -29,7 +29,7 @@ def test_variant_matches_hf_greedy(tmp_path_factory, variant):
 
     path = make_tiny_model(tmp_path_factory.mktemp(variant) / "m", **VARIANTS[variant])
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    llm = LLM(str(path), kv_cache_tokens=2048, block_size=8)
+    llm = LLM(str(path), kv_cache_tokens=2048, block_size=8, dtype="float32")  # bf16 by default on CUDA
     if "rope_scaling" in VARIANTS[variant]:  # both sides really scale
         assert llm.engine.model_config.rope_scaling["rope_type"] == "llama3"
         assert hf.config.rope_parameters["rope_type"] == "llama3"
@@ -44,7 +44,7 @@ def test_prefill_logits_match_hf_closely(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
-    llm = LLM(str(tiny_model_dir), kv_cache_tokens=2048)
+    llm = LLM(str(tiny_model_dir), kv_cache_tokens=2048, dtype="float32")
     p = [5, 9, 200, 31, 77, 12, 300, 8, 45]
     out = llm.generate([p], SamplingParams(temperature=0.0, max_tokens=1, logprobs=5))[0]
     with torch.no_grad():
