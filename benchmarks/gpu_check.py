@@ -101,12 +101,15 @@ def engine_parity(args, device: str, max_tokens: int = 32) -> dict:
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+    # ignore_eos on HF's side: no EOS id at all (min_new_tokens would instead mask EOS out of the logits,
+    # a different greedy choice wherever EOS is the argmax)
+    hf.generation_config.eos_token_id = None
     ref, ref_gaps = [], []
     with torch.inference_mode():
         for ids in prompts:
             x = torch.tensor([ids], device=device)
-            y = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                            do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+            y = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_tokens, do_sample=False,
+                            pad_token_id=0, output_scores=True, return_dict_in_generate=True)
             ref.append(y.sequences[0, len(ids):].tolist())
             top2 = [torch.log_softmax(sc[0].float(), -1).topk(2).values.tolist() for sc in y.scores]
             ref_gaps.append([a - b for a, b in top2])
