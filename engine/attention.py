@@ -7,7 +7,8 @@ sequence's tiles yields K/V already in SDPA's `[batch, heads, tokens, head_dim]`
 A step's batch is described once by `AttentionMetadata` (built by the model runner) and read by every
 layer. `TorchAttentionBackend` is the reference: it writes new K/V into their slots, then
 - prefill of a sequence with no cached context: causal SDPA over the fresh K/V (no gather),
-- prefill over a cached prefix (or a resumed chunk): gather the sequence's tiles, mask kv_pos <= q_pos,
+- prefill over a cached prefix (or a resumed chunk, or sparse queries): gather the sequence's tiles,
+  then per chunk of queries SDPA over the keys up to the chunk's last query, masked kv_pos <= q_pos,
 - decodes (one query each): one batched SDPA over the gathered, padded tiles of all decoding sequences.
 Gathers write into reused workspace buffers: fresh multi-MB tensors per layer cost more in page
 faults than the copy itself on CPU. It is correct on CPU and CUDA. `CpuAttentionBackend` replaces
@@ -125,6 +126,22 @@ class TorchAttentionBackend(AttentionBackend):
         vg = torch.index_select(vc, 0, rows, out=vbuf).view(batch, self.kv_heads, -1, self.head_dim)
         return kg, vg
 
+    @staticmethod
+    def _attend_cached(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, q_pos: torch.Tensor,
+                       chunk: int) -> torch.Tensor:
+        """qs [1, H, L, D] at ascending positions q_pos over the sequence's keys ks/vs [1, KVH, T, D]
+        (position = index), causal. In chunks of queries, each over the keys up to its last query
+        only: one masked SDPA over all T keys computes every masked-out score too (on CPU a third
+        slower for DHD's sparse queries, half again as slow for a long chunk over a short prefix)."""
+        out = torch.empty_like(qs)
+        for c0 in range(0, qs.shape[2], chunk):
+            pos = q_pos[c0:c0 + chunk]
+            hi = int(pos[-1]) + 1
+            mask = torch.arange(hi, device=qs.device)[None, :] <= pos[:, None]
+            out[:, :, c0:c0 + chunk] = F.scaled_dot_product_attention(
+                qs[:, :, c0:c0 + chunk], ks[:, :, :hi], vs[:, :, :hi], attn_mask=mask, enable_gqa=True)
+        return out
+
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
         hd = self.head_dim
@@ -142,8 +159,7 @@ class TorchAttentionBackend(AttentionBackend):
                 ks, vs = self._gather(layer, span.tiles, 1)
                 q_pos = span.q_pos if span.q_pos is not None else torch.arange(span.ctx_len, span.ctx_len + n,
                                                                                 device=q.device)
-                mask = torch.arange(ks.shape[2], device=q.device)[None, :] <= q_pos[:, None]
-                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
+                o = self._attend_cached(qs, ks, vs, q_pos, chunk=64 if span.q_pos is not None else 256)
             out[span.start:span.end] = o[0].transpose(0, 1)
         if meta.decode_token_idx is not None:
             o = self._decode(layer, q.index_select(0, meta.decode_token_idx))

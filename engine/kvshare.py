@@ -10,7 +10,8 @@ of tokens some cached sequence computed at another position. `plan_reuse` turns 
 2. layers < c (c = check layer + 1) run on every new token, exactly as a normal prefill;
 3. at the check layer, each reused token j is scored by its value deviation ‖V_fresh − V_cached‖₁,
    times (method `dhd`) the attention α_j it receives (summed over heads, averaged over the queries
-   that can see it: a plain sum would favour early tokens); the top `ratio` of reused tokens, every
+   that can see it: a plain sum would favour early tokens; estimated from up to PROBE_QUERIES evenly
+   spaced queries ending with the last); the top `ratio` of reused tokens, every
    token without a cached value, and the prompt's last token form the recompute set S;
 4. layers ≥ c run on S only (sparse queries at their own positions over the request's whole KV);
    the other reused tokens keep their copied KV.
@@ -38,6 +39,7 @@ from engine.request import Request
 from kernels import rope
 
 METHODS = ("naive", "cacheblend", "dhd")
+PROBE_QUERIES = 256  # queries whose attention at the check layer estimates what each key receives
 
 
 @dataclass(slots=True)
@@ -185,14 +187,21 @@ class Reuser:
         dst_pos = self._tensor(plan.positions)
         src, dst = self._tensor(plan.src_slots), _slots(req, dst_pos, self.bs)
         delta = dst_pos - self._tensor(plan.src_positions)
-        bs = self.bs
+        src_rows, dst_rows = self._head_rows(src), self._head_rows(dst)
         for cache, rotate in ((self.k_cache, True), (self.v_cache, False)):
-            view = cache.permute(1, 3, 0, 2, 4)  # [NB, bs, L, KVH, D]
-            rows = view[src // bs, src % bs]  # [n, L, KVH, D]
+            flat = cache.view(cache.shape[0], -1, cache.shape[-1])  # [L, NB * KVH * bs, D]
+            rows = flat.index_select(1, src_rows)  # [L, n * KVH, D], token-major
             if rotate:
-                rows = rotate_keys(rows, delta, self.model.inv_freq)
-            view[dst // bs, dst % bs] = rows
+                rows = rotate_keys(rows.view(rows.shape[0], src.shape[0], -1, rows.shape[-1]).transpose(0, 1),
+                                   delta, self.model.inv_freq).transpose(0, 1).reshape(rows.shape)
+            flat.index_copy_(1, dst_rows, rows)
         plan.copied = True
+
+    def _head_rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """[n * KVH] rows of the slots' (token, head) pairs in a layer's [NB * KVH * bs, D] view, token-major."""
+        kvh = self.k_cache.shape[2]
+        heads = torch.arange(kvh, device=slots.device)
+        return (((slots // self.bs)[:, None] * kvh + heads) * self.bs + (slots % self.bs)[:, None]).reshape(-1)
 
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, span: PrefillSpan,
                 layers: range) -> torch.Tensor:
@@ -246,10 +255,14 @@ class Reuser:
             x = layer.finish(x, self.attn.forward(c - 1, q, k, v))
             score = (v[reused].float() - v_old).abs().sum(dim=(1, 2))
             if opts.method == "dhd":
-                probs = self._attention_probs(c - 1, q, pos, all_slots)  # [m, H, n]
                 # mean attention a key receives from the queries that can see it (a plain sum
-                # would favour early tokens, which more queries see)
-                seen = torch.arange(n, 0, -1, device=self.device).clamp_max(n - start).float()
+                # would favour early tokens, which more queries see), estimated from at most
+                # PROBE_QUERIES evenly spaced queries and the last one (all n would cost O(n^2))
+                sample = torch.arange(n - start - 1, -1, -max(1, (n - start) // PROBE_QUERIES),
+                                      device=self.device).flip(0)
+                probs = self._attention_probs(c - 1, q[sample], pos[sample], all_slots)  # [m', H, n]
+                seen = torch.searchsorted(pos[sample], torch.arange(n, device=self.device))
+                seen = (sample.shape[0] - seen).clamp_min(1).float()  # sampled queries at or after each key
                 mass = (probs.sum(dim=(0, 1)) / seen)[start:][reused]
                 score = score * mass
         keep = math.ceil(opts.ratio * reused.shape[0]) if opts.method != "naive" else 0
