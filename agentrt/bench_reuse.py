@@ -18,7 +18,9 @@ of requests all submitted at once (generated tokens per second), and quality as 
 `full`: greedy token match over the new tokens, ROUGE-L of the text, and the KL divergence of the
 first token's distribution (KL(full || method)). `hit_rate` is the share of prompt tokens whose KV
 came from the cache (exact prefix plus reused spans) in the dhd-20 run. `predicted_ttft_s` is
-f × full TTFT with f = (c + (1 − h + r·h)(L − c)) / L, the compute fraction the method promises.
+f × full TTFT with f = (c + (1 − h + r·h)(L − c)) / L, the compute fraction the method promises
+counted in tokens; `predicted_flops_ttft_s` counts FLOPs instead (`flop_fraction`: a recomputed
+token's attention still reads every key before it), request by request.
 Scheduling: a burst of requests, half over cached documents and half over unseen ones, submitted at
 once to a dhd-20 engine under `fcfs` and under `cache-aware`: mean and max TTFT.
 """
@@ -88,10 +90,13 @@ def run_method(name: str, workload: dict, max_tokens: int, model: str | None = N
         engine.add_request(_chat(engine, text), sp_seed, hint=ProgramHint(tenant=tenant))
     _drain(engine)
     first_logits: dict[str, torch.Tensor] = {}
+    work: dict[str, float] = {}
 
     def keep_first(reqs, logits):
         for req, row in zip(reqs, logits):
-            first_logits.setdefault(req.request_id, row.clone())
+            if req.request_id not in first_logits:
+                first_logits[req.request_id] = row.clone()
+                work[req.request_id] = flop_fraction(engine, req)
 
     engine.on_logits = keep_first
     sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
@@ -102,7 +107,7 @@ def run_method(name: str, workload: dict, max_tokens: int, model: str | None = N
         (out,) = _drain(engine)
         m = out.metrics
         results.append({"id": rid, "tokens": out.token_ids, "text": out.text,
-                        "ttft_s": m.first_token_time - m.arrival_time,
+                        "ttft_s": m.first_token_time - m.arrival_time, "flop_fraction": work[rid],
                         "tpot_s": (m.finish_time - m.first_token_time) / max(1, len(out.token_ids) - 1)})
     st = engine.stats
     prompt = st.num_prompt_tokens - before[0]
@@ -119,6 +124,28 @@ def run_method(name: str, workload: dict, max_tokens: int, model: str | None = N
             "tokens_per_s": sum(len(o.token_ids) for o in outs) / wall,
             "decode_recomputed": engine.runner.num_decode_recomputed,
             "num_layers": engine.model_config.num_layers}
+
+
+def flop_fraction(engine: Engine, req) -> float:
+    """Prefill FLOPs of `req` as the engine computed it over those of a full prefill of its prompt:
+    per layer, 2 x (layer weights) per computed token plus 4 x heads x head_dim per (query, visible
+    key) pair; a reuse prefill computes every uncached token in layers < c and its recompute set
+    (plan.attended_keys keys in all) in layers >= c. Unlike the token-count fraction f, it counts
+    that a recomputed token still attends to every key before it."""
+    cfg, model = engine.model_config, engine.model
+    per_token = 2 * sum(p.numel() for p in model.layers[0].parameters())
+    per_key = 4 * cfg.num_heads * cfg.head_dim
+    n, p, layers = req.num_prompt_tokens, req.num_cached_tokens, cfg.num_layers
+
+    def dense(first: int) -> float:  # one layer, queries first..n-1, causal
+        return (n - first) * per_token + per_key * (n * (n + 1) - first * (first + 1)) / 2
+
+    plan = req.reuse
+    if plan is None or not plan.num_recomputed:
+        return dense(p) / dense(0)
+    c = min(engine.runner.reuser.options.full_layers, layers)
+    sparse = plan.num_recomputed * per_token + per_key * plan.attended_keys
+    return (c * dense(p) + (layers - c) * sparse) / (layers * dense(0))
 
 
 def run_scheduling(policy: str, docs: list[str], num_requests: int, docs_per_prompt: int,
@@ -214,6 +241,12 @@ def main(args) -> dict:
             row["speedup_vs_full"] = full_ttft / row["ttft_s"]
             if f is not None:
                 row["predicted_ttft_s"] = f * full_ttft
+            # the FLOP-count prediction, request by request against full recompute's TTFT of the same prompt
+            pred = [r["flop_fraction"] * x["ttft_s"] for r, x in zip(run["results"], ref["results"])]
+            row["flop_fraction"] = statistics.median(r["flop_fraction"] for r in run["results"])
+            row["predicted_flops_ttft_s"] = statistics.median(pred)
+            row["ttft_over_flops_prediction"] = statistics.median(
+                r["ttft_s"] / q for r, q in zip(run["results"], pred))
         row["decode_recomputed_tokens"] = run["decode_recomputed"]
         report["methods"][name] = row
     report["hit_rate"] = hit
@@ -230,11 +263,13 @@ def main(args) -> dict:
 
 def format_table(report: dict) -> str:
     lines = [f"hit rate (dhd-20 run): {report['hit_rate']:.3f}",
-             (f"{'method':<14}{'TTFT s':>8}{'pred s':>8}{'x full':>8}{'TPOT ms':>9}{'tok/s':>8}"
+             (f"{'method':<14}{'TTFT s':>8}{'pred s':>8}{'flops s':>8}{'x full':>8}{'TPOT ms':>9}{'tok/s':>8}"
               f"{'match':>7}{'rougeL':>8}{'KL':>8}")]
+    nan = float("nan")
     for name, m in report["methods"].items():
         pred = m.get("predicted_ttft_s")
-        lines.append(f"{name:<14}{m['ttft_s']:>8.3f}{pred if pred is not None else float('nan'):>8.3f}"
+        lines.append(f"{name:<14}{m['ttft_s']:>8.3f}{pred if pred is not None else nan:>8.3f}"
+                     f"{m.get('predicted_flops_ttft_s', nan):>8.3f}"
                      f"{m.get('speedup_vs_full', float('nan')):>8.2f}{m['tpot_s'] * 1e3:>9.1f}"
                      f"{m['tokens_per_s']:>8.1f}{m.get('token_match', float('nan')):>7.2f}"
                      f"{m.get('rouge_l', float('nan')):>8.2f}{m.get('kl', float('nan')):>8.3f}")

@@ -78,6 +78,7 @@ class ReusePlan:
     hidden: torch.Tensor | None = None  # their hidden states entering layer c
     reference: torch.Tensor | None = None  # attention distribution over `remaining` at selection time
     num_recomputed: int = 0
+    attended_keys: int = 0  # sum of (position + 1) over the recomputed queries: keys they read per layer >= c
     num_decode_recomputed: int = 0
     decode_triggers: int = 0
     copied: bool = False
@@ -278,6 +279,7 @@ class Reuser:
             plan.reference = last / last.sum().clamp_min(1e-30)
         x = x[sel]
         q_pos = pos[sel]
+        plan.attended_keys = int((q_pos + 1).sum())
         span = PrefillSpan(0, sel.shape[0], start, tiles, q_pos=q_pos)
         x = self._layers(x, q_pos, slots[sel], span, range(c, len(model.layers)))
         return model.logits(x[-1:])
