@@ -21,8 +21,8 @@ came from the cache (exact prefix plus reused spans) in the dhd-20 run. `predict
 f × full TTFT with f = (c + (1 − h + r·h)(L − c)) / L, the compute fraction the method promises
 counted in tokens; `predicted_flops_ttft_s` counts FLOPs instead (`flop_fraction`: a recomputed
 token's attention still reads every key before it), request by request.
-Scheduling: a burst of requests, half over cached documents and half over unseen ones, submitted at
-once to a dhd-20 engine under `fcfs` and under `cache-aware`: mean and max TTFT.
+Scheduling: a Poisson stream of requests with mixed hit rates and lengths (1..K documents, all cached
+or all unseen) into a dhd-20 engine under `fcfs` and under `cache-aware`: mean, p95 and max TTFT.
 """
 
 from __future__ import annotations
@@ -148,28 +148,47 @@ def flop_fraction(engine: Engine, req) -> float:
     return (c * dense(p) + (layers - c) * sparse) / (layers * dense(0))
 
 
-def run_scheduling(policy: str, docs: list[str], num_requests: int, docs_per_prompt: int,
+def run_scheduling(policy: str, docs: list[str], num_requests: int, docs_per_prompt: int, rate: float,
                    model: str | None = None, seed: int = 0) -> dict:
-    """A burst of requests, half over documents the cache holds (cheap with DHD) and half over
-    documents it has never seen, all submitted at once: TTFT of each under `policy`."""
+    """A stream of requests with mixed hit rates: each holds 1..docs_per_prompt documents, either
+    all from those the cache holds (warm: cheap with DHD) or all from unseen ones (cold), in random
+    order, arriving as a Poisson process at `rate` per second (the same schedule for every policy),
+    into a dhd-20 engine under `policy`. TTFT counts from the scheduled arrival."""
+    rng = random.Random(seed)
     half = len(docs) // 2
     seen, unseen = docs[:half], docs[half:]
-    engine = Engine(model=model, kv_cache_tokens=32768, max_num_batched_tokens=4096, kv_reuse="dhd",
+    engine = Engine(model=model, kv_cache_tokens=65536, max_num_batched_tokens=4096, kv_reuse="dhd",
                     kv_reuse_ratio=0.2, scheduling_policy=policy)
     sp_seed = SamplingParams(temperature=0, max_tokens=1)
     for d in seen:
         engine.add_request(_chat(engine, f"[{TENANTS[0]}] tool output:\n{d}"), sp_seed, hint=ProgramHint(tenant=TENANTS[0]))
     _drain(engine)
-    warm = build_workload(seen, num_requests // 2, docs_per_prompt, seed)["requests"]
-    cold = build_workload(unseen, num_requests - num_requests // 2, docs_per_prompt, seed)["requests"]
-    burst = [r for pair in zip(cold, warm) for r in pair]  # cold first: FCFS serves it first
+    stream, at = [], 0.0
+    for i in range(num_requests):
+        kind = rng.choice(("warm", "cold"))
+        chosen = rng.sample(seen if kind == "warm" else unseen, rng.randint(1, docs_per_prompt))
+        body = "\n\n".join(f"--- output {j + 1} ---\n{d}" for j, d in enumerate(chosen))
+        text = f"[{TENANTS[0]}] ticket {2000 + i}: the agent gathered these outputs.\n\n{body}\n\n{QUESTION}"
+        at += rng.expovariate(rate)
+        stream.append((at, f"s{i}", kind, _chat(engine, text)))
     sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    kinds = {}
-    for i, (_, text) in enumerate(burst):
-        rid = engine.add_request(_chat(engine, text), sp, request_id=f"s{i}", hint=ProgramHint(tenant=TENANTS[0]))
-        kinds[rid] = "cold" if i % 2 == 0 else "warm"
-    ttft = {o.request_id: o.metrics.first_token_time - o.metrics.arrival_time for o in _drain(engine)}
-    return {"mean_ttft_s": statistics.mean(ttft.values()), "max_ttft_s": max(ttft.values()),
+    kinds, ttft, t0, pending = {}, {}, time.monotonic(), list(stream)
+    while pending or engine.has_unfinished_requests():
+        while pending and t0 + pending[0][0] <= time.monotonic():
+            offset, rid, kind, prompt = pending.pop(0)
+            req = engine.make_request(prompt, sp, request_id=rid, hint=ProgramHint(tenant=TENANTS[0]))
+            req.metrics.arrival_time = t0 + offset
+            engine.submit(req)
+            kinds[rid] = kind
+        if not engine.has_unfinished_requests():
+            time.sleep(max(0.0, t0 + pending[0][0] - time.monotonic()))
+            continue
+        for o in engine.step():
+            if o.finished:
+                ttft[o.request_id] = o.metrics.first_token_time - o.metrics.arrival_time
+    values = sorted(ttft.values())
+    return {"requests": len(values), "rate_per_s": rate, "mean_ttft_s": statistics.mean(values),
+            "p95_ttft_s": values[min(len(values) - 1, int(0.95 * len(values)))], "max_ttft_s": values[-1],
             "mean_ttft_warm_s": statistics.mean(v for k, v in ttft.items() if kinds[k] == "warm"),
             "mean_ttft_cold_s": statistics.mean(v for k, v in ttft.items() if kinds[k] == "cold")}
 
@@ -251,8 +270,8 @@ def main(args) -> dict:
         report["methods"][name] = row
     report["hit_rate"] = hit
     if not args.no_scheduling:
-        report["scheduling"] = {p: run_scheduling(p, docs, args.requests, args.docs, args.model, args.seed)
-                                for p in ("fcfs", "cache-aware")}
+        report["scheduling"] = {p: run_scheduling(p, docs, args.sched_requests, args.docs, args.sched_rate,
+                                                  args.model, args.seed) for p in ("fcfs", "cache-aware")}
     report["workload"] = {"requests": args.requests, "docs_per_prompt": args.docs, "max_tokens": args.max_tokens}
     print(format_table(report))
     if args.json:
@@ -274,8 +293,9 @@ def format_table(report: dict) -> str:
                      f"{m['tokens_per_s']:>8.1f}{m.get('token_match', float('nan')):>7.2f}"
                      f"{m.get('rouge_l', float('nan')):>8.2f}{m.get('kl', float('nan')):>8.3f}")
     for policy, m in report.get("scheduling", {}).items():
-        lines.append(f"burst of warm and cold requests, {policy:<12} mean TTFT {m['mean_ttft_s']:.2f} s "
-                     f"(warm {m['mean_ttft_warm_s']:.2f}, cold {m['mean_ttft_cold_s']:.2f}), max {m['max_ttft_s']:.2f} s")
+        lines.append(f"stream of {m['requests']} warm and cold requests at {m['rate_per_s']}/s, {policy:<12} mean TTFT "
+                     f"{m['mean_ttft_s']:.2f} s (warm {m['mean_ttft_warm_s']:.2f}, cold {m['mean_ttft_cold_s']:.2f}), "
+                     f"p95 {m['p95_ttft_s']:.2f} s, max {m['max_ttft_s']:.2f} s")
     return "\n".join(lines)
 
 
@@ -289,5 +309,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-cache-tokens", type=int, default=32768,
                     help="KV pool per method; the seeds of both tenants take ~35k tokens, so 32768 evicts some")
-    ap.add_argument("--no-scheduling", action="store_true", help="skip the fcfs vs cache-aware burst")
+    ap.add_argument("--no-scheduling", action="store_true", help="skip the fcfs vs cache-aware stream")
+    ap.add_argument("--sched-requests", type=int, default=24, help="requests in the scheduling stream")
+    ap.add_argument("--sched-rate", type=float, default=0.6, help="arrivals per second in the scheduling stream")
     ap.add_argument("--json", help="write the figures here")

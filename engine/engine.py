@@ -98,7 +98,8 @@ class Engine:
         self.pins = PinManager(self.pool)
         self.scheduler = Scheduler(self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs,
                                    cfg.max_num_batched_tokens, self.pins, clock, self.reuse,
-                                   cfg.protect_earlier_pins)
+                                   cfg.protect_earlier_pins,
+                                   self.reuse.reused_token_work(mc.num_layers) if self.reuse else 1.0)
         self.program_context: dict[str, int] = {}  # tokens of each live program's last finished turn
         self.queue_delay_s: float | None = None  # moving average of queueing of turns without a pin
         self.runner = self._make_runner(num_blocks)

@@ -10,8 +10,7 @@ of tokens some cached sequence computed at another position. `plan_reuse` turns 
 2. layers < c (c = check layer + 1) run on every new token, exactly as a normal prefill;
 3. at the check layer, each reused token j is scored by its value deviation ‖V_fresh − V_cached‖₁,
    times (method `dhd`) the attention α_j it receives (summed over heads, averaged over the queries
-   that can see it: a plain sum would favour early tokens; estimated from up to PROBE_QUERIES evenly
-   spaced queries ending with the last); the top `ratio` of reused tokens, every
+   that can see it: a plain sum would favour early tokens); the top `ratio` of reused tokens, every
    token without a cached value, and the prompt's last token form the recompute set S;
 4. layers ≥ c run on S only (sparse queries at their own positions over the request's whole KV);
    the other reused tokens keep their copied KV.
@@ -39,7 +38,6 @@ from engine.request import Request
 from kernels import rope
 
 METHODS = ("naive", "cacheblend", "dhd")
-PROBE_QUERIES = 256  # queries whose attention at the check layer estimates what each key receives
 
 
 @dataclass(slots=True)
@@ -63,6 +61,12 @@ class ReuseOptions:
     def full_layers(self) -> int:
         """c: layers computed for every token."""
         return 0 if self.method == "naive" else self.check_layer + 1
+
+    def reused_token_work(self, num_layers: int) -> float:
+        """Share of a computed token's prefill work that a reused token costs: all of layers < c,
+        `ratio` of the rest (naive: none)."""
+        c = min(self.full_layers, num_layers)
+        return 0.0 if self.method == "naive" else (c + self.ratio * (num_layers - c)) / num_layers
 
 
 @dataclass(slots=True)
@@ -212,20 +216,23 @@ class Reuser:
             x = self.model.layers[i](x, cos, sin, self.attn)
         return x
 
-    def _attention_probs(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Softmax attention [m, H, n] of queries q [m, H, D] at q_pos over the KV at `slots`
-        (positions 0..n-1), causal, in float32, in chunks of queries."""
+    def _attention_received(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor,
+                            slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal softmax attention of queries q [m, H, D] at q_pos over the KV at `slots` (positions
+        0..n-1), in float32, in chunks of queries: the attention each key receives, summed over
+        queries and heads [n], and the last query's [H, n]."""
         k = self._cache_rows(self.k_cache, layer, slots).float()  # [n, KVH, D]
         group = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [H, n, D]
+        kt = k.repeat_interleave(group, dim=1).permute(1, 2, 0)  # [H, D, n]
         kv_pos = torch.arange(slots.shape[0], device=q.device)
-        out = []
+        received = torch.zeros(slots.shape[0], device=q.device)
         for c0 in range(0, q.shape[0], 256):
             qc = q[c0:c0 + 256].float().transpose(0, 1)  # [H, m', D]
-            s = torch.matmul(qc, k.transpose(1, 2)) / math.sqrt(q.shape[-1])
-            s = s.masked_fill(kv_pos[None, None, :] > q_pos[c0:c0 + 256][None, :, None], float("-inf"))
-            out.append(torch.softmax(s, dim=-1).transpose(0, 1))
-        return torch.cat(out)
+            s = torch.matmul(qc, kt).mul_(1.0 / math.sqrt(q.shape[-1]))
+            s.masked_fill_(kv_pos[None, None, :] > q_pos[c0:c0 + 256][None, :, None], float("-inf"))
+            probs = torch.softmax(s, dim=-1)  # [H, m', n]
+            received += probs.sum(dim=(0, 1))
+        return received, probs[:, -1]
 
     @torch.inference_mode()
     def prefill(self, req: Request, plan: ReusePlan, start: int) -> torch.Tensor:
@@ -257,14 +264,10 @@ class Reuser:
             score = (v[reused].float() - v_old).abs().sum(dim=(1, 2))
             if opts.method == "dhd":
                 # mean attention a key receives from the queries that can see it (a plain sum
-                # would favour early tokens, which more queries see), estimated from at most
-                # PROBE_QUERIES evenly spaced queries and the last one (all n would cost O(n^2))
-                sample = torch.arange(n - start - 1, -1, -max(1, (n - start) // PROBE_QUERIES),
-                                      device=self.device).flip(0)
-                probs = self._attention_probs(c - 1, q[sample], pos[sample], all_slots)  # [m', H, n]
-                seen = torch.searchsorted(pos[sample], torch.arange(n, device=self.device))
-                seen = (sample.shape[0] - seen).clamp_min(1).float()  # sampled queries at or after each key
-                mass = (probs.sum(dim=(0, 1)) / seen)[start:][reused]
+                # would favour early tokens, which more queries see)
+                received, last = self._attention_received(c - 1, q, pos, all_slots)
+                seen = torch.arange(n, 0, -1, device=self.device).clamp_max(n - start).float()
+                mass = (received / seen)[start:][reused]
                 score = score * mass
         keep = math.ceil(opts.ratio * reused.shape[0]) if opts.method != "naive" else 0
         if keep:
@@ -275,7 +278,7 @@ class Reuser:
             rest = reused[~is_new[reused]]
             plan.remaining = rest + start
             plan.hidden = x[rest].clone()
-            last = probs[-1].sum(dim=0)[plan.remaining]  # the last prompt token's attention
+            last = last.sum(dim=0)[plan.remaining]  # the last prompt token's attention
             plan.reference = last / last.sum().clamp_min(1e-30)
         x = x[sel]
         q_pos = pos[sel]
@@ -297,7 +300,7 @@ class Reuser:
         layer = self.decode_probe_layer()
         n = req.num_tokens  # called right after the forward: every token has its KV in the cache
         all_slots = _slots(req, torch.arange(n, device=self.device), self.bs)
-        probs = self._attention_probs(layer, q[None], self._tensor([n - 1]), all_slots)[0].sum(dim=0)
+        probs = self._attention_received(layer, q[None], self._tensor([n - 1]), all_slots)[0]
         now = probs[plan.remaining]
         now = now / now.sum().clamp_min(1e-30)
         if torch.nn.functional.cosine_similarity(now, plan.reference, dim=0) >= opts.drift:

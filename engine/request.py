@@ -50,7 +50,7 @@ class Request:
         "num_committed_blocks",
         "num_cached_tokens", "generator", "logprobs", "metrics", "stream",
         "text", "prefix_offset", "read_offset", "emitted_tokens", "emitted_text_len", "salt",
-        "retention", "pin_hit", "exact_tokens", "reuse", "hit_rate", "num_reused_tokens",
+        "retention", "pin_hit", "exact_tokens", "reuse", "hit_rate", "prefill_work", "num_reused_tokens",
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
@@ -84,7 +84,8 @@ class Request:
         # KVShare: tokens whose KV is exact (before the first reused token), and the reuse plan/state
         self.exact_tokens = 1 << 62
         self.reuse = None  # engine.kvshare.ReusePlan while this request's KV holds reused tokens
-        self.hit_rate = 0.0  # share of the prompt cached at arrival (the cache-aware policy's key)
+        self.hit_rate = 0.0  # share of the prompt cached at arrival
+        self.prefill_work = float(len(self.token_ids))  # prefill token-equivalents left at arrival (cache-aware's key)
         self.num_reused_tokens = 0  # prompt tokens whose KV was copied from other positions at first admission
         # incremental detokenization state (used when streaming or matching stop strings)
         self.text = ""

@@ -7,7 +7,8 @@ policy order only in a step that preempted nothing, and only while blocks, seque
 budget last. Ordering is a pluggable `SchedulingPolicy`: `fcfs` orders by request arrival (vLLM);
 `program` (Continuum) serves requests of programs that hold a KV pin first, then orders by the
 arrival of the request's *program*, never of the request; `cache-aware` (KVShare) serves waiting
-requests with the highest KV hit rate first, aged by their wait so that nothing starves; and
+requests with the least prefill work left after KV reuse first (hit rate and length), aged by their
+wait so that nothing starves; and
 `program+cache-aware` keeps pinned programs first, then orders the rest cache-aware from their
 program's arrival. With KV reuse on, a request whose prompt reuses KV at other positions is
 admitted only when its whole prefill fits this step (the reuse prefill is one selective pass).
@@ -52,10 +53,14 @@ def _program_arrival(req: Request, sched: Scheduler) -> float:
 
 
 class CacheAwarePolicy(SchedulingPolicy):
-    """KVShare: highest hit rate (cached ÷ prompt tokens, estimated at arrival) first, plus
-    `wait / aging_s` so that waiting raises priority; a request that has waited `max_wait_s` goes
-    ahead of all that have not (oldest first), which bounds any wait to max_wait_s plus the time
-    to serve the overdue requests ahead of it."""
+    """KVShare: the cheapest prefill first. A request's prefill work is estimated at arrival from
+    what the cache holds (`Scheduler.estimate_prefill`: uncached tokens, plus reused tokens at the
+    share of work selective recompute spends on them), so a high hit rate makes a prompt cheap but a
+    short cold prompt still goes ahead of a long warm one (shortest job first, which minimises mean
+    TTFT). Waiting raises priority: each `aging_s` seconds of wait is worth one full step of tokens
+    (max_num_batched_tokens). A request that has waited `max_wait_s` goes ahead of all that have
+    not (oldest first), which bounds any wait to max_wait_s plus the time to serve the overdue
+    requests ahead of it."""
 
     name = "cache-aware"
     needs_hit_rate = True
@@ -68,7 +73,7 @@ class CacheAwarePolicy(SchedulingPolicy):
         wait = sched.now - since
         if wait >= self.max_wait_s:
             return (0, since, req.seq_no)
-        return (1, -(req.hit_rate + wait / self.aging_s), req.seq_no)
+        return (1, req.prefill_work / sched.max_num_batched_tokens - wait / self.aging_s, req.seq_no)
 
 
 class ProgramPolicy(SchedulingPolicy):
@@ -119,8 +124,9 @@ class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, max_num_seqs: int,
                  max_num_batched_tokens: int, pins: PinManager | None = None,
                  clock: Callable[[], float] = time.monotonic, reuse: ReuseOptions | None = None,
-                 protect_earlier_pins: bool = False):
+                 protect_earlier_pins: bool = False, reused_token_work: float = 1.0):
         self.kv = kv
+        self.reused_token_work = reused_token_work  # see ReuseOptions.reused_token_work
         self.clock = clock  # pin expiry is judged on it (the simulator's is virtual)
         self.now = clock()
         self.reuse = reuse
@@ -137,7 +143,7 @@ class Scheduler:
     def add(self, req: Request) -> None:
         req.status = RequestStatus.WAITING
         if getattr(self.policy, "needs_hit_rate", False) and req.num_computed_tokens == 0:
-            req.hit_rate = self.estimate_hit_rate(req)
+            self.estimate_prefill(req)
         if req.hint.program_id is not None:
             self.program_arrival.setdefault(req.hint.program_id, req.metrics.arrival_time)
         self.waiting.append(req)
@@ -150,14 +156,18 @@ class Scheduler:
             self.waiting.remove(req)
         self.kv.free(req)
 
-    def estimate_hit_rate(self, req: Request) -> float:
-        """Share of req's prompt that the cache holds now: exact prefix, plus reusable spans."""
+    def estimate_prefill(self, req: Request) -> None:
+        """Sets req.hit_rate, the share of its prompt the cache holds now (exact prefix plus reusable
+        spans), and req.prefill_work, the prefill that leaves in token-equivalents: uncached tokens,
+        plus reused ones at `reused_token_work` each."""
         start = len(self.kv.find_cached_prefix(req)) * self.kv.block_size
-        hits = start
+        reused = 0
         if self.reuse is not None:
             plan = plan_reuse(self.kv, req, start, self.reuse.min_span)
-            hits += len(plan.positions) if plan else 0
-        return hits / req.num_prompt_tokens
+            reused = len(plan.positions) if plan else 0
+        n = req.num_prompt_tokens
+        req.hit_rate = (start + reused) / n
+        req.prefill_work = n - start - reused + self.reused_token_work * reused
 
     def _plan_reuse(self, req: Request, start: int, n: int) -> None:
         """Plans KV reuse for a request about to be admitted with n tokens after a `start`-token prefix,

@@ -8,7 +8,7 @@ import torch
 from engine import Engine
 from engine.block_pool import BlockPool
 from engine.kv_manager import KVCacheManager
-from engine.kvshare import plan_reuse
+from engine.kvshare import ReuseOptions, plan_reuse
 from engine.params import ProgramHint, SamplingParams
 from engine.request import Request
 from engine.scheduler import Scheduler, make_policy
@@ -190,22 +190,52 @@ def test_decode_stage_recomputes_only_when_attention_drifts(tiny_model_dir):
 
 # ---- the cache-aware policy ----------------------------------------------------------------------
 
-def test_cache_aware_policy_orders_by_hit_rate_and_ages():
+def test_cache_aware_policy_serves_the_least_prefill_work_first():
+    """A short cold prompt goes ahead of a long prompt that is partly cached but leaves more to
+    compute (hit-rate order alone would put the long one first); the work counts reused tokens at
+    the share selective recompute spends on them."""
+    kv = _manager(blocks=64)
+    doc = list(range(700, 764))
+    _cached_sequence(kv, doc)
+    now = [100.0]
+    sched = Scheduler(kv, make_policy("cache-aware"), 8, 1024, clock=lambda: now[0],
+                      reuse=ReuseOptions("dhd", 0.2), reused_token_work=0.25)
+    long_warm = Request("long", None, [1, 2, 3] + doc + list(range(900, 1100)), GREEDY, arrival_time=100.0)
+    short_cold = Request("short", None, list(range(1200, 1240)), GREEDY, arrival_time=100.0)
+    for r in (long_warm, short_cold):
+        sched.add(r)
+    assert long_warm.hit_rate > short_cold.hit_rate == 0.0
+    assert long_warm.prefill_work == pytest.approx(3 + 200 + 0.25 * 64)
+    assert short_cold.prefill_work == 40
+    sched.now = 100.0
+    assert min([long_warm, short_cold], key=lambda r: sched.policy.key(r, sched)) is short_cold
+    kv.pool.check_integrity()
+
+
+def test_cache_aware_policy_orders_by_work_and_ages():
     kv = _manager(blocks=64)
     doc = list(range(700, 764))
     _cached_sequence(kv, doc)
     now = [100.0]
     sched = Scheduler(kv, make_policy("cache-aware"), 8, 1024, clock=lambda: now[0])
-    cold = Request("cold", None, list(range(900, 964)), GREEDY, arrival_time=99.0)
+    cold = Request("cold", None, list(range(900, 1500)), GREEDY, arrival_time=99.0)  # 600 tokens
     warm = Request("warm", None, doc + [1], GREEDY, arrival_time=100.0)
     for r in (cold, warm):
         sched.add(r)
     assert warm.hit_rate > 0.9 and cold.hit_rate == 0.0
-    sched.now = 100.0
+    assert (warm.prefill_work, cold.prefill_work) == (1, 600)
     policy = sched.policy
-    assert min([cold, warm], key=lambda r: policy.key(r, sched)) is warm
-    sched.now = 99.0 + policy.max_wait_s  # the cold one has waited its bound: it goes first
-    assert min([cold, warm], key=lambda r: policy.key(r, sched)) is cold
+    first = lambda: min([cold, warm], key=lambda r: policy.key(r, sched))  # noqa: E731
+    sched.now = 100.0
+    assert first() is warm
+    # aging: 600 tokens are 600/1024 of a step, and each aging_s of wait is worth a step, so a cheap
+    # request arriving 0.6 aging_s after the cold one no longer overtakes it
+    warm.metrics.arrival_time = sched.now = 99.0 + 0.6 * policy.aging_s
+    assert first() is cold
+    warm.metrics.arrival_time = 100.0
+    warm.prefill_work = 5000  # whatever it costs, once cold has waited its bound it goes first
+    sched.now = 99.0 + policy.max_wait_s
+    assert first() is cold
 
 
 def test_program_policy_composes_with_cache_aware():
