@@ -17,6 +17,9 @@ from torch import nn
 
 from engine.attention import AttentionBackend
 from engine.config import ModelConfig
+from kernels import fused
+from kernels.fused import rms_norm_ref as rms_norm
+from kernels.fused import rope_ref as apply_rope
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -79,24 +82,6 @@ def _onednn_works() -> bool:
         return False
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [tokens, heads, head_dim]; cos/sin: [tokens, head_dim]."""
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return (x * cos) + (_rotate_half(x) * sin)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(dtype)
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, index: int, linear: Linear = F.linear):
         super().__init__()
@@ -114,13 +99,19 @@ class DecoderLayer(nn.Module):
         self.o = nn.Parameter(torch.empty(cfg.hidden_size, q), requires_grad=False)
         self.gate_up = nn.Parameter(torch.empty(2 * cfg.intermediate_size, cfg.hidden_size), requires_grad=False)
         self.down = nn.Parameter(torch.empty(cfg.hidden_size, cfg.intermediate_size), requires_grad=False)
+        self.fused = False  # Triton kernels (kernels/fused.py) for norms, RoPE and SiLU: CUDA + Triton only
 
     def qkv_proj(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The attention inputs: q [n, H, D], k and v [n, KVH, D], q and k rotated."""
-        h = rms_norm(x, self.input_norm, self.eps)
-        qkv = self.linear(h, self.qkv, self.qkv_bias)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         n = x.shape[0]
+        if self.fused:  # views into the qkv output, rotated in place
+            qkv = self.linear(fused.rms_norm(x, self.input_norm, self.eps), self.qkv, self.qkv_bias)
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = fused.rope_(q.view(n, self.num_heads, self.head_dim), cos, sin)
+            k = fused.rope_(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
+            return q, k, v.view(n, self.num_kv_heads, self.head_dim)
+        qkv = self.linear(rms_norm(x, self.input_norm, self.eps), self.qkv, self.qkv_bias)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = apply_rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
         return q, k, v.view(n, self.num_kv_heads, self.head_dim)
@@ -128,7 +119,11 @@ class DecoderLayer(nn.Module):
     def finish(self, x, o):
         """The rest of the layer after attention output `o` [n, H, D]: o-projection, residual, MLP."""
         linear = self.linear
-        x = x + linear(o.reshape(x.shape[0], self.q_size), self.o)
+        a = linear(o.reshape(x.shape[0], self.q_size), self.o)
+        if self.fused:  # x += a in place (callers pass x on and never reuse it), fused with the norm
+            h = fused.rms_norm(a, self.post_attn_norm, self.eps, residual=x)
+            return x + linear(fused.silu_mul(linear(h, self.gate_up)), self.down)
+        x = x + a
         h = rms_norm(x, self.post_attn_norm, self.eps)
         gate, up = linear(h, self.gate_up).chunk(2, dim=-1)
         return x + linear(F.silu(gate) * up, self.down)
@@ -159,6 +154,11 @@ class LlamaModel(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, attn)
         return self.logits(x.index_select(0, logits_indices))
+
+    def use_fused_kernels(self) -> None:
+        """Runs norms, RoPE and SiLU through the Triton kernels of kernels/fused.py (CUDA only)."""
+        for layer in self.layers:
+            layer.fused = True
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """float32 logits of final hidden states x [k, hidden]."""

@@ -35,6 +35,8 @@ class ModelRunner:
         # Decode-only steps replay CUDA graphs with a Triton backend on CUDA (engine/cuda_graphs.py); None elsewhere.
         max_blocks = -(-min(cfg.max_position_embeddings, num_blocks * block_size) // block_size)
         self.graphs = make_decode_graphs(model, self.attn, max_blocks)
+        if self.graphs is not None:  # CUDA with the Triton backend: fused norm/RoPE/SiLU kernels too
+            model.use_fused_kernels()
         self.reuser = Reuser(model, self.attn, reuse, device) if reuse is not None else None
         self.last_forward_s = 0.0
         self.num_decode_recomputed = 0  # reused tokens recomputed by KVShare's decode stage
