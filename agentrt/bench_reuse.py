@@ -191,8 +191,8 @@ def run_scheduling(policy: str, docs: list[str], num_requests: int, docs_per_pro
     values = sorted(ttft.values())
     return {"requests": len(values), "rate_per_s": rate, "mean_ttft_s": statistics.mean(values),
             "p95_ttft_s": values[min(len(values) - 1, int(0.95 * len(values)))], "max_ttft_s": values[-1],
-            "mean_ttft_warm_s": statistics.mean(v for k, v in ttft.items() if kinds[k] == "warm"),
-            "mean_ttft_cold_s": statistics.mean(v for k, v in ttft.items() if kinds[k] == "cold")}
+            **{f"mean_ttft_{kind}_s": statistics.mean(xs) if (xs := [v for k, v in ttft.items() if kinds[k] == kind])
+               else float("nan") for kind in ("warm", "cold")}}
 
 
 def rouge_l(a: str, b: str) -> float:
@@ -245,12 +245,12 @@ def main(args) -> dict:
     work = build_workload(docs, args.requests, args.docs, seed=args.seed)
     work["batch"] = build_workload(docs, args.requests, args.docs, seed=args.seed + 1)["requests"]
     runs, report = {}, {"methods": {}}
-    for name in args.method or list(METHODS):
+    for name in [] if args.only_scheduling else args.method or list(METHODS):
         t0 = time.perf_counter()
         runs[name] = run_method(name, work, args.max_tokens, args.model, args.kv_cache_tokens)
         print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     ref = runs.get("full")
-    hit = runs.get("dhd-20", next(iter(runs.values())))["hit_rate"]
+    hit = runs.get("dhd-20", next(iter(runs.values())))["hit_rate"] if runs else None
     for name, run in runs.items():
         row = {"ttft_s": statistics.median(r["ttft_s"] for r in run["results"]),
                "tpot_s": statistics.median(r["tpot_s"] for r in run["results"]),
@@ -272,8 +272,13 @@ def main(args) -> dict:
         report["methods"][name] = row
     report["hit_rate"] = hit
     if not args.no_scheduling:
-        report["scheduling"] = {p: run_scheduling(p, docs, args.sched_requests, args.docs, args.sched_rate,
-                                                  args.model, args.seed) for p in ("fcfs", "cache-aware")}
+        streams = {p: [] for p in ("fcfs", "cache-aware")}
+        for i in range(args.sched_repeat):  # a new stream (mix and arrival times) each time, both policies
+            for p in streams:
+                streams[p].append(run_scheduling(p, docs, args.sched_requests, args.docs, args.sched_rate,
+                                                 args.model, args.seed + i))
+        report["scheduling"] = {p: {**{k: statistics.mean(r[k] for r in rs) for k in rs[0]}, "streams": rs}
+                                for p, rs in streams.items()}
     report["workload"] = {"requests": args.requests, "docs_per_prompt": args.docs, "max_tokens": args.max_tokens}
     print(format_table(report))
     if args.json:
@@ -283,7 +288,7 @@ def main(args) -> dict:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"hit rate (dhd-20 run): {report['hit_rate']:.3f}",
+    lines = [f"hit rate (dhd-20 run): {report['hit_rate']:.3f}" if report["hit_rate"] is not None else "",
              (f"{'method':<14}{'TTFT s':>8}{'pred s':>8}{'flops s':>8}{'x full':>8}{'TPOT ms':>9}{'tok/s':>8}"
               f"{'match':>7}{'rougeL':>8}{'KL':>8}")]
     nan = float("nan")
@@ -295,9 +300,11 @@ def format_table(report: dict) -> str:
                      f"{m['tokens_per_s']:>8.1f}{m.get('token_match', float('nan')):>7.2f}"
                      f"{m.get('rouge_l', float('nan')):>8.2f}{m.get('kl', float('nan')):>8.3f}")
     for policy, m in report.get("scheduling", {}).items():
-        lines.append(f"stream of {m['requests']} warm and cold requests at {m['rate_per_s']}/s, {policy:<12} mean TTFT "
+        lines.append(f"{len(m['streams'])} streams of {m['requests']:.0f} warm and cold requests at {m['rate_per_s']}/s, "
+                     f"{policy:<12} mean TTFT "
                      f"{m['mean_ttft_s']:.2f} s (warm {m['mean_ttft_warm_s']:.2f}, cold {m['mean_ttft_cold_s']:.2f}), "
-                     f"p95 {m['p95_ttft_s']:.2f} s, max {m['max_ttft_s']:.2f} s")
+                     f"p95 {m['p95_ttft_s']:.2f} s, max {m['max_ttft_s']:.2f} s; per stream mean "
+                     + ", ".join(f"{r['mean_ttft_s']:.2f}" for r in m["streams"]))
     return "\n".join(lines)
 
 
@@ -314,4 +321,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-scheduling", action="store_true", help="skip the fcfs vs cache-aware stream")
     ap.add_argument("--sched-requests", type=int, default=24, help="requests in the scheduling stream")
     ap.add_argument("--sched-rate", type=float, default=0.8, help="arrivals per second in the scheduling stream")
+    ap.add_argument("--sched-repeat", type=int, default=3, help="streams (seeds) per policy; figures are their means")
+    ap.add_argument("--only-scheduling", action="store_true", help="skip the methods, run the fcfs vs cache-aware streams")
     ap.add_argument("--json", help="write the figures here")
