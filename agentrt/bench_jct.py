@@ -46,8 +46,14 @@ POLICIES = {  # name: (scheduling policy, TTL policy or None)
     "continuum-fixed": ("program", "fixed"),
     "continuum": ("program", "cost-model"),
     "agentrt": ("program", "learned"),
+    # ablation: continuum-fixed's 2 s TTLs with agentrt's protected-pins rule (separates the rule's
+    # share of agentrt's gain from the learned, pressure-aware TTLs')
+    "continuum-fixed-protected": ("program", "fixed"),
 }
-ENGINE_OPTIONS = {"agentrt": {"protect_earlier_pins": True}}  # engine options beyond the scheduling policy
+ENGINE_OPTIONS = {  # engine options beyond the scheduling policy
+    "agentrt": {"protect_earlier_pins": True},
+    "continuum-fixed-protected": {"protect_earlier_pins": True},
+}
 
 
 def engine_options(name: str) -> dict:

@@ -89,3 +89,14 @@ def test_small_replay_agentrt_recomputes_less_than_vllm(default_model_dir):
     assert vllm["finished"] == ours["finished"] == len(sessions)
     assert vllm["pins"] == 0 and ours["pins"] > 0 and ours["pin_hits"] > ours["pins"] // 2
     assert ours["recomputed_prefill_tokens"] < vllm["recomputed_prefill_tokens"]
+
+
+def test_policy_engine_options_and_the_protected_pins_ablation():
+    from agentrt.bench_jct import POLICIES, engine_options
+
+    assert engine_options("vllm") == {"scheduling_policy": "fcfs", "profile_reload": False}
+    assert engine_options("continuum-fixed") == {"scheduling_policy": "program", "profile_reload": True}
+    # the ablation differs from continuum-fixed only by the rule agentrt adds
+    assert engine_options("continuum-fixed-protected") == {**engine_options("continuum-fixed"), "protect_earlier_pins": True}
+    assert POLICIES["continuum-fixed-protected"] == POLICIES["continuum-fixed"]
+    assert engine_options("agentrt")["protect_earlier_pins"] is True
