@@ -63,7 +63,7 @@ class CacheAwarePolicy(SchedulingPolicy):
     requests ahead of it."""
 
     name = "cache-aware"
-    needs_hit_rate = True
+    needs_prefill_estimate = True
 
     def __init__(self, aging_s: float = 10.0, max_wait_s: float = 30.0, by_program: bool = False):
         self.aging_s, self.max_wait_s, self.by_program = aging_s, max_wait_s, by_program
@@ -84,7 +84,7 @@ class ProgramPolicy(SchedulingPolicy):
 
     def __init__(self, then: SchedulingPolicy | None = None):
         self.then = then
-        self.needs_hit_rate = getattr(then, "needs_hit_rate", False)
+        self.needs_prefill_estimate = getattr(then, "needs_prefill_estimate", False)
 
     def key(self, req: Request, sched: Scheduler) -> tuple:
         pid = req.hint.program_id
@@ -142,7 +142,7 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         req.status = RequestStatus.WAITING
-        if getattr(self.policy, "needs_hit_rate", False) and req.num_computed_tokens == 0:
+        if getattr(self.policy, "needs_prefill_estimate", False) and req.num_computed_tokens == 0:
             self.estimate_prefill(req)
         if req.hint.program_id is not None:
             self.program_arrival.setdefault(req.hint.program_id, req.metrics.arrival_time)

@@ -240,6 +240,6 @@ def test_cache_aware_policy_orders_by_work_and_ages():
 
 def test_program_policy_composes_with_cache_aware():
     policy = make_policy("program+cache-aware")
-    assert policy.then is not None and policy.needs_hit_rate
+    assert policy.then is not None and policy.needs_prefill_estimate
     with pytest.raises(ValueError):
         make_policy("cache-unaware")
