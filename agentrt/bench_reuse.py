@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from engine import Engine
+from engine.kvshare import ReuseOptions
 from engine.params import ProgramHint, SamplingParams
 
 CORPUS = Path(__file__).parent / "data" / "reuse-corpus" / "documents.jsonl"
@@ -232,12 +233,12 @@ def compare(ref: dict, run: dict) -> dict:
 
 
 def predicted_fraction(method: str, hit: float, layers: int) -> float | None:
+    """f = (c + (1 − h + r·h)(L − c)) / L: the uncached share at full cost, the reused share at the
+    work selective recompute spends on a reused token."""
     opts = METHODS[method]
     if "kv_reuse" not in opts:
         return None
-    r = opts["kv_reuse_ratio"]
-    c = 0 if opts["kv_reuse"] == "naive" else 2
-    return (c + (1 - hit + r * hit) * (layers - c)) / layers
+    return (1 - hit) + hit * ReuseOptions(opts["kv_reuse"], opts["kv_reuse_ratio"]).reused_token_work(layers)
 
 
 def main(args) -> dict:
