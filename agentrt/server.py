@@ -6,7 +6,8 @@
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both streaming as SSE or not),
 GET /v1/models, GET /health, GET /metrics (Prometheus text). Tools in chat are rendered into the
 system prompt in the hermes format and parsed back into OpenAI `tool_calls`. Program hints
-(`program_id`/`job_id`, `turn`, `is_last_turn`/`is_last_step`, `tenant`) ride as extra body fields.
+(`program_id`/`job_id`, `turn`, `is_last_turn`/`is_last_step`, `tenant`) ride as extra body fields,
+or as X-Agentrt-Program-Id / -Turn / -Last-Turn / -Tenant headers.
 
 Invariants:
 - The engine's step loop runs only inside the app's lifespan (`async with engine`).
@@ -26,7 +27,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -228,14 +229,32 @@ def _sampling_params(req: _GenerationRequest, max_tokens: int | None, logprobs: 
         raise APIError(400, str(exc)) from None
 
 
-def _hint(req: _GenerationRequest) -> ProgramHint:
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
+def _hint(req: _GenerationRequest, headers: Mapping[str, str]) -> ProgramHint:
+    """The program hint from the body's fields, else from X-Agentrt-Program-Id / -Turn / -Last-Turn /
+    -Tenant headers (for clients that can add headers but not body fields, such as BFCL's OpenAI
+    handler); a body field wins over its header."""
     program = req.program_id if req.program_id is not None else req.job_id
-    return ProgramHint(program_id=None if program is None else str(program), turn=req.turn,
-                       is_last_turn=req.is_last_turn or req.is_last_step, tenant=req.tenant)
+    if program is None:
+        program = headers.get("x-agentrt-program-id")
+    turn = req.turn
+    if not turn and "x-agentrt-turn" in headers:
+        try:
+            turn = int(headers["x-agentrt-turn"])
+        except ValueError:
+            raise APIError(400, "header X-Agentrt-Turn must be an integer", param="X-Agentrt-Turn") from None
+    last = headers.get("x-agentrt-last-turn", "").strip().lower()
+    if last not in _TRUE + _FALSE:
+        raise APIError(400, "header X-Agentrt-Last-Turn must be true or false", param="X-Agentrt-Last-Turn")
+    tenant = req.tenant if req.tenant is not None else headers.get("x-agentrt-tenant")
+    return ProgramHint(program_id=None if program is None else str(program), turn=turn,
+                       is_last_turn=req.is_last_turn or req.is_last_step or last in _TRUE, tenant=tenant)
 
 
 def _make_job(server: _Server, req: _GenerationRequest, prompt: str | list[int], max_tokens: int | None,
-              logprobs: int | None, prefix: str) -> _Job:
+              logprobs: int | None, prefix: str, headers: Mapping[str, str]) -> _Job:
     """Validates everything up front: `AsyncEngine.generate` only checks once iterated, too late for a 400."""
     if req.model != server.model_name:
         raise APIError(404, f"The model {req.model!r} does not exist; this server serves {server.model_name!r}.",
@@ -250,7 +269,7 @@ def _make_job(server: _Server, req: _GenerationRequest, prompt: str | list[int],
     except ValueError as exc:
         raise APIError(400, str(exc), param=prompt_param) from None
     server.num_requests += 1
-    return _Job(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), prompt_ids, params, _hint(req))
+    return _Job(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), prompt_ids, params, _hint(req, headers))
 
 
 def _outputs(server: _Server, job: _Job) -> contextlib.aclosing:
@@ -429,7 +448,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     server: _Server = request.app.state.server
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    job = _make_job(server, body, _chat_prompt(server, body), max_tokens, top, "chatcmpl")
+    job = _make_job(server, body, _chat_prompt(server, body), max_tokens, top, "chatcmpl", request.headers)
     if body.stream:
         return _SSEResponse(_chat_stream(server, job, body))
     out = await _final_output(server, job)
@@ -447,7 +466,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     server: _Server = request.app.state.server
-    job = _make_job(server, body, body.prompt, body.max_tokens, body.logprobs, "cmpl")
+    job = _make_job(server, body, body.prompt, body.max_tokens, body.logprobs, "cmpl", request.headers)
     if body.stream:
         return _SSEResponse(_completion_stream(server, job, body))
     out = await _final_output(server, job)

@@ -223,6 +223,23 @@ def test_program_hints_reach_the_engine_under_both_naming_schemes(client, tiny_s
     assert aengine.hints[-1] == ProgramHint(program_id="j7", turn=1)
 
 
+def test_program_hints_from_headers_for_clients_that_cannot_add_body_fields(client, tiny_server, http):
+    aengine = tiny_server[1]
+    headers = {"X-Agentrt-Program-Id": "bfcl-3", "X-Agentrt-Turn": "2", "X-Agentrt-Last-Turn": "true",
+               "X-Agentrt-Tenant": "acme"}
+    client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, extra_headers=headers)
+    assert aengine.hints[-1] == ProgramHint(program_id="bfcl-3", turn=2, is_last_turn=True, tenant="acme")
+    # a body field wins over its header
+    client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_headers=headers,
+                              extra_body={"program_id": "body-1", "turn": 5})
+    assert aengine.hints[-1] == ProgramHint(program_id="body-1", turn=5, is_last_turn=True, tenant="acme")
+    before = len(aengine.hints)
+    for name, value in (("X-Agentrt-Turn", "two"), ("X-Agentrt-Last-Turn", "maybe")):
+        r = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, headers={name: value})
+        assert r.status_code == 400 and name in r.json()["error"]["message"]
+    assert len(aengine.hints) == before  # refused before reaching the engine
+
+
 def test_chat_with_tools_and_tool_messages(client, http):
     plain = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
     resp = client.chat.completions.create(model=MODEL, messages=HELLO, tools=TOOLS, max_tokens=16)
