@@ -151,14 +151,14 @@ def flop_fraction(engine: Engine, req) -> float:
 
 
 def run_scheduling(policy: str, docs: list[str], num_requests: int, docs_per_prompt: int, rate: float,
-                   model: str | None = None, seed: int = 0) -> dict:
+                   model: str | None = None, seed: int = 0, kv_cache_tokens: int = 65536) -> dict:
     """A stream of requests with mixed hit rates: each holds 1..docs_per_prompt of the documents the
     cache holds, either as they are (warm: cheap with DHD) or with their words shuffled (cold: as
     long, nothing reusable), arriving as a Poisson process at `rate` per second (the same schedule
     for every policy) into a dhd-20 engine under `policy`. TTFT counts from the scheduled arrival."""
     rng = random.Random(seed)
     seen = docs[: len(docs) // 2]
-    engine = Engine(model=model, kv_cache_tokens=65536, max_num_batched_tokens=4096, kv_reuse="dhd",
+    engine = Engine(model=model, kv_cache_tokens=kv_cache_tokens, max_num_batched_tokens=4096, kv_reuse="dhd",
                     kv_reuse_ratio=0.2, scheduling_policy=policy)
     sp_seed = SamplingParams(temperature=0, max_tokens=1)
     for d in seen:
@@ -277,7 +277,7 @@ def main(args) -> dict:
         for i in range(args.sched_repeat):  # a new stream (mix and arrival times) each time, both policies
             for p in streams:
                 streams[p].append(run_scheduling(p, docs, args.sched_requests, args.docs, args.sched_rate,
-                                                 args.model, args.seed + i))
+                                                 args.model, args.seed + i, args.kv_cache_tokens))
         report["scheduling"] = {p: {**{k: statistics.mean(r[k] for r in rs) for k in rs[0]}, "streams": rs}
                                 for p, rs in streams.items()}
     report["workload"] = {"requests": args.requests, "docs_per_prompt": args.docs, "max_tokens": args.max_tokens}
@@ -297,9 +297,9 @@ def format_table(report: dict) -> str:
         pred = m.get("predicted_ttft_s")
         lines.append(f"{name:<14}{m['ttft_s']:>8.3f}{pred if pred is not None else nan:>8.3f}"
                      f"{m.get('predicted_flops_ttft_s', nan):>8.3f}"
-                     f"{m.get('speedup_vs_full', float('nan')):>8.2f}{m['tpot_s'] * 1e3:>9.1f}"
-                     f"{m['tokens_per_s']:>8.1f}{m.get('token_match', float('nan')):>7.2f}"
-                     f"{m.get('rouge_l', float('nan')):>8.2f}{m.get('kl', float('nan')):>8.3f}")
+                     f"{m.get('speedup_vs_full', nan):>8.2f}{m['tpot_s'] * 1e3:>9.1f}"
+                     f"{m['tokens_per_s']:>8.1f}{m.get('token_match', nan):>7.2f}"
+                     f"{m.get('rouge_l', nan):>8.2f}{m.get('kl', nan):>8.3f}")
     for policy, m in report.get("scheduling", {}).items():
         lines.append(f"{len(m['streams'])} streams of {m['requests']:.0f} warm and cold requests at {m['rate_per_s']}/s, "
                      f"{policy:<12} mean TTFT "

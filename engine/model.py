@@ -104,16 +104,12 @@ class DecoderLayer(nn.Module):
     def qkv_proj(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The attention inputs: q [n, H, D], k and v [n, KVH, D], q and k rotated."""
         n = x.shape[0]
-        if self.fused:  # views into the qkv output, rotated in place
-            qkv = self.linear(fused.rms_norm(x, self.input_norm, self.eps), self.qkv, self.qkv_bias)
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = fused.rope_(q.view(n, self.num_heads, self.head_dim), cos, sin)
-            k = fused.rope_(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
-            return q, k, v.view(n, self.num_kv_heads, self.head_dim)
-        qkv = self.linear(rms_norm(x, self.input_norm, self.eps), self.qkv, self.qkv_bias)
+        norm = fused.rms_norm if self.fused else rms_norm
+        qkv = self.linear(norm(x, self.input_norm, self.eps), self.qkv, self.qkv_bias)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        rope = fused.rope_ if self.fused else apply_rope  # fused: q and k rotated in place in the qkv output
+        q = rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
+        k = rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
         return q, k, v.view(n, self.num_kv_heads, self.head_dim)
 
     def finish(self, x, o):
