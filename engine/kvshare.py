@@ -6,7 +6,8 @@ of tokens some cached sequence computed at another position. `plan_reuse` turns 
 `ReusePlan` (which of the prompt's positions copy which cached slots); spans shorter than
 `min_span` tokens are dropped. `prefill` then runs the request's prefill selectively:
 
-1. copy the reused tokens' KV into the request's own blocks, K re-rotated by (new - old) position;
+1. copy the reused tokens' KV into the request's own blocks, K re-rotated by (new - old) position
+   (kernels/kv_copy.py), in layers >= c (the layers below are computed afresh anyway);
 2. layers < c (c = check layer + 1) run on every new token, exactly as a normal prefill;
 3. at the check layer, each reused token j is scored by its value deviation ‖V_fresh − V_cached‖₁,
    times (method `dhd`) the attention α_j it receives (summed over heads, averaged over the queries
@@ -35,7 +36,8 @@ from engine.block_pool import Block
 from engine.kv_manager import KVCacheManager
 from engine.model import LlamaModel, rope_cos_sin
 from engine.request import Request
-from kernels import rope
+from kernels.kv_copy import copy_reused_kv_
+from kernels.kv_store import store_kv_ref
 
 METHODS = ("naive", "cacheblend", "dhd")
 
@@ -160,13 +162,6 @@ def _slots(req: Request, positions: torch.Tensor, bs: int) -> torch.Tensor:
     return ids[positions // bs] * bs + positions % bs
 
 
-def rotate_keys(k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Re-rotates keys k [n, ..., D] computed at position p to position p + delta [n] (RoPE composes)."""
-    shift = rope.rope_shift if k.is_cuda else rope.rope_shift_ref
-    shape = k.shape
-    return shift(k.reshape(shape[0], -1, shape[-1]), delta, inv_freq).reshape(shape)
-
-
 class Reuser:
     """Runs reuse prefills and the decode stage for one model runner's model and KV cache."""
 
@@ -188,25 +183,14 @@ class Reuser:
         return c[slots // self.bs, :, slots % self.bs]
 
     def copy(self, req: Request, plan: ReusePlan) -> None:
-        """Copies the plan's source KV (all layers) into the request's slots, K re-rotated."""
+        """Copies the plan's source KV into the request's slots, K re-rotated, in the layers >= c
+        only: layers < c are computed afresh for every token (the check layer reads the cached
+        values from the sources themselves)."""
         dst_pos = self._tensor(plan.positions)
-        src, dst = self._tensor(plan.src_slots), _slots(req, dst_pos, self.bs)
-        delta = dst_pos - self._tensor(plan.src_positions)
-        src_rows, dst_rows = self._head_rows(src), self._head_rows(dst)
-        for cache, rotate in ((self.k_cache, True), (self.v_cache, False)):
-            flat = cache.view(cache.shape[0], -1, cache.shape[-1])  # [L, NB * KVH * bs, D]
-            rows = flat.index_select(1, src_rows)  # [L, n * KVH, D], token-major
-            if rotate:
-                rows = rotate_keys(rows.view(rows.shape[0], src.shape[0], -1, rows.shape[-1]).transpose(0, 1),
-                                   delta, self.model.inv_freq).transpose(0, 1).reshape(rows.shape)
-            flat.index_copy_(1, dst_rows, rows)
+        layers = range(min(self.options.full_layers, len(self.model.layers)), len(self.model.layers))
+        copy_reused_kv_(self.k_cache, self.v_cache, self._tensor(plan.src_slots), _slots(req, dst_pos, self.bs),
+                        dst_pos - self._tensor(plan.src_positions), self.model.inv_freq, layers)
         plan.copied = True
-
-    def _head_rows(self, slots: torch.Tensor) -> torch.Tensor:
-        """[n * KVH] rows of the slots' (token, head) pairs in a layer's [NB * KVH * bs, D] view, token-major."""
-        kvh = self.k_cache.shape[2]
-        heads = torch.arange(kvh, device=slots.device)
-        return (((slots // self.bs)[:, None] * kvh + heads) * self.bs + (slots % self.bs)[:, None]).reshape(-1)
 
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, span: PrefillSpan,
                 layers: range) -> torch.Tensor:
@@ -216,23 +200,34 @@ class Reuser:
             x = self.model.layers[i](x, cos, sin, self.attn)
         return x
 
-    def _attention_received(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor,
-                            slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal softmax attention of queries q [m, H, D] at q_pos over the KV at `slots` (positions
-        0..n-1), in float32, in chunks of queries: the attention each key receives, summed over
-        queries and heads [n], and the last query's [H, n]."""
-        k = self._cache_rows(self.k_cache, layer, slots).float()  # [n, KVH, D]
-        group = q.shape[1] // k.shape[1]
-        kt = k.repeat_interleave(group, dim=1).permute(1, 2, 0)  # [H, D, n]
-        kv_pos = torch.arange(slots.shape[0], device=q.device)
-        received = torch.zeros(slots.shape[0], device=q.device)
-        for c0 in range(0, q.shape[0], 256):
-            qc = q[c0:c0 + 256].float().transpose(0, 1)  # [H, m', D]
-            s = torch.matmul(qc, kt).mul_(1.0 / math.sqrt(q.shape[-1]))
-            s.masked_fill_(kv_pos[None, None, :] > q_pos[c0:c0 + 256][None, :, None], float("-inf"))
-            probs = torch.softmax(s, dim=-1)  # [H, m', n]
-            received += probs.sum(dim=(0, 1))
-        return received, probs[:, -1]
+    def _attention(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor, slots: torch.Tensor,
+                   chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Causal softmax attention of queries q [m, H, D] at ascending q_pos over the KV at `slots`
+        (positions 0..n-1), in float32, in chunks of queries, each over the keys up to its last
+        query: the output [m, H, D], the attention each key receives summed over queries and heads
+        [n], and the last query's attention [H, n]. DHD's check layer takes its output from here
+        too, so its attention is computed once (SDPA, then the scores again, cost 1.6x as much)."""
+        k = self._cache_rows(self.k_cache, layer, slots).float().permute(1, 2, 0)  # [KVH, D, n]
+        v = self._cache_rows(self.v_cache, layer, slots).float().transpose(0, 1)  # [KVH, n, D]
+        kvh, hd, n = k.shape
+        group = q.shape[1] // kvh
+        qg = q.float().view(-1, kvh, group, hd).transpose(0, 1)  # [KVH, m, G, D]: a kv head's queries together
+        kv_pos = torch.arange(n, device=q.device)
+        received = torch.zeros(n, device=q.device)
+        out = torch.empty(q.shape[0], kvh, group, hd, device=q.device)
+        for c0 in range(0, q.shape[0], chunk):
+            pos = q_pos[c0:c0 + chunk]
+            mc, lo, hi = pos.shape[0], int(pos[0]), int(pos[-1]) + 1
+            s = torch.matmul(qg[:, c0:c0 + chunk].reshape(kvh, mc * group, hd), k[:, :, :hi])
+            s = s.mul_(hd ** -0.5).view(kvh, mc, group, hi)
+            s[..., lo:].masked_fill_((kv_pos[lo:hi] > pos[:, None])[None, :, None, :], float("-inf"))
+            probs = torch.softmax(s, dim=-1)
+            received[:hi] += probs.view(-1, hi).sum(dim=0)
+            o = torch.matmul(probs.view(kvh, mc * group, hi), v[:, :hi])
+            out[c0:c0 + chunk] = o.view(kvh, mc, group, hd).transpose(0, 1)
+        last = torch.zeros(q.shape[1], n, device=q.device)
+        last[:, :hi] = probs[:, -1].reshape(q.shape[1], hi)
+        return out.view(q.shape), received, last
 
     @torch.inference_mode()
     def prefill(self, req: Request, plan: ReusePlan, start: int) -> torch.Tensor:
@@ -259,22 +254,24 @@ class Reuser:
             cos, sin = rope_cos_sin(model.inv_freq, pos, x.dtype)
             self.attn.begin_step(AttentionMetadata(slots, [full_span], None, None, None))
             q, k, v = layer.qkv_proj(x, cos, sin)
-            v_old = self._cache_rows(self.v_cache, c - 1, slots[reused]).float()
-            x = layer.finish(x, self.attn.forward(c - 1, q, k, v))
+            v_old = self._cache_rows(self.v_cache, c - 1, self._tensor(plan.src_slots)).float()
             score = (v[reused].float() - v_old).abs().sum(dim=(1, 2))
-            if opts.method == "dhd":
+            if opts.method == "dhd" and opts.ratio < 1:  # (at ratio 1 every token is recomputed: no scores)
+                store_kv_ref(k, v, self.k_cache[c - 1], self.v_cache[c - 1], slots)
+                o, received, last = self._attention(c - 1, q, pos, all_slots)
+                x = layer.finish(x, o.to(x.dtype))
                 # mean attention a key receives from the queries that can see it (a plain sum
                 # would favour early tokens, which more queries see)
-                received, last = self._attention_received(c - 1, q, pos, all_slots)
                 seen = torch.arange(n, 0, -1, device=self.device).clamp_max(n - start).float()
-                mass = (received / seen)[start:][reused]
-                score = score * mass
+                score = score * (received / seen)[start:][reused]
+            else:
+                x = layer.finish(x, self.attn.forward(c - 1, q, k, v))
         keep = math.ceil(opts.ratio * reused.shape[0]) if opts.method != "naive" else 0
         if keep:
             is_new[reused[torch.topk(score, min(keep, reused.shape[0])).indices]] = True
         sel = is_new.nonzero().squeeze(1)
         plan.num_recomputed = int(sel.shape[0])
-        if opts.method == "dhd" and opts.drift > 0 and c > 0:
+        if opts.method == "dhd" and opts.drift > 0 and c > 0 and opts.ratio < 1:
             rest = reused[~is_new[reused]]
             plan.remaining = rest + start
             plan.hidden = x[rest].clone()
@@ -300,7 +297,7 @@ class Reuser:
         layer = self.decode_probe_layer()
         n = req.num_tokens  # called right after the forward: every token has its KV in the cache
         all_slots = _slots(req, torch.arange(n, device=self.device), self.bs)
-        probs = self._attention_received(layer, q[None], self._tensor([n - 1]), all_slots)[0]
+        probs = self._attention(layer, q[None], self._tensor([n - 1]), all_slots)[1]
         now = probs[plan.remaining]
         now = now / now.sum().clamp_min(1e-30)
         if torch.nn.functional.cosine_similarity(now, plan.reference, dim=0) >= opts.drift:

@@ -2,10 +2,8 @@
 
 Decoding on a CPU is memory-bound, and the torch path first gathers every sequence's K/V tiles
 into a padded batch, then runs SDPA over the copy: three passes over the context per layer. The C
-kernel reads the tiles in place, once. It is compiled on first use with the system C compiler
-(`cc -O3 -march=native -fopenmp`, under a second) into `$AGENTRT_CACHE/kernels/`, keyed by the
-source, the flags and the CPU; `available()` is False where no compiler works, and callers fall
-back to the reference.
+kernel reads the tiles in place, once. It is compiled on first use with the system C compiler (kernels/_cc.py);
+`available()` is False where no compiler works, and callers fall back to the reference.
 
 Shapes: q [batch, heads, head_dim]; k_cache / v_cache [num_blocks, kv_heads, block_size, head_dim]
 (one layer); block_tables [batch, max_blocks] int64; ctx_lens [batch] int64 (>= 1).
@@ -14,21 +12,12 @@ Shapes: q [batch, heads, head_dim]; k_cache / v_cache [num_blocks, kv_heads, blo
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-_SOURCE = Path(__file__).with_name("csrc") / "paged_decode_attention.c"
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+from kernels import _cc
 
 
 def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -44,38 +33,13 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     return out.squeeze(2)
 
 
-def _cpu_id() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        return next((line for line in info.splitlines() if line.startswith("flags")), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
 @cache
 def _library() -> ctypes.CDLL | None:
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None or platform.system() != "Linux":
-        return None
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
-    root = Path(os.environ.get("AGENTRT_CACHE", Path.home() / ".cache" / "agentrt")).expanduser() / "kernels"
-    lib = root / f"paged_decode_attention-{key}.so"
-    if not lib.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        with open(root / ".build.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not lib.exists():
-                fd, tmp = tempfile.mkstemp(dir=root, suffix=".so")
-                os.close(fd)
-                proc = subprocess.run([compiler, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True)
-                if proc.returncode != 0:
-                    os.unlink(tmp)
-                    return None
-                os.replace(tmp, lib)
-    so = ctypes.CDLL(str(lib))
-    fn = so.paged_decode_attention_f32
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float]
+    so = _cc.load("paged_decode_attention")
+    if so is not None:
+        fn = so.paged_decode_attention_f32
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float]
     return so
 
 

@@ -243,3 +243,31 @@ def test_program_policy_composes_with_cache_aware():
     assert policy.then is not None and policy.needs_prefill_estimate
     with pytest.raises(ValueError):
         make_policy("cache-unaware")
+
+
+def test_check_layer_attention_matches_a_dense_reference(tiny_model_dir):
+    """DHD's check layer takes its output and its scores from one chunked pass (Reuser._attention):
+    both must equal a dense causal softmax over the same keys."""
+    engine = _engine(tiny_model_dir, kv_reuse="dhd")
+    reuser, cfg = engine.runner.reuser, engine.model_config
+    n, layer = 150, 1
+    g = torch.Generator().manual_seed(3)
+    k_cache, v_cache = reuser.k_cache, reuser.v_cache
+    slots = torch.randperm(k_cache.shape[1] * BS * 4, generator=g)[:n]  # scattered over the cache
+    k = torch.randn(n, cfg.num_kv_heads, cfg.head_dim, generator=g)
+    v = torch.randn(n, cfg.num_kv_heads, cfg.head_dim, generator=g)
+    bs = reuser.bs
+    k_cache[layer][slots // bs, :, slots % bs] = k
+    v_cache[layer][slots // bs, :, slots % bs] = v
+    q_pos = torch.sort(torch.randperm(n - 1, generator=g)[:70]).values
+    q_pos = torch.cat([q_pos, torch.tensor([n - 1])])  # sparse queries, the last token last
+    q = torch.randn(q_pos.shape[0], cfg.num_heads, cfg.head_dim, generator=g)
+    out, received, last = reuser._attention(layer, q, q_pos, slots, chunk=16)
+    group = cfg.num_heads // cfg.num_kv_heads
+    kr, vr = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [n, H, D]
+    s = torch.einsum("mhd,nhd->hmn", q, kr) * cfg.head_dim ** -0.5
+    s.masked_fill_(torch.arange(n)[None, None, :] > q_pos[None, :, None], float("-inf"))
+    p = torch.softmax(s, dim=-1)  # [H, m, n]
+    torch.testing.assert_close(out, torch.einsum("hmn,nhd->mhd", p, vr), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(received, p.sum(dim=(0, 1)), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(last, p[:, -1], atol=1e-6, rtol=1e-5)
