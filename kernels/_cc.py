@@ -31,9 +31,19 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
+def load(name: str, function: str, argtypes: list) -> ctypes.CDLL | None:
+    """The shared library built from `csrc/<name>.c`, with `function` (returning void) declared to
+    take `argtypes`; None when it cannot be built here."""
+    so = _build(name)
+    if so is not None:
+        fn = getattr(so, function)
+        fn.restype = None
+        fn.argtypes = argtypes
+    return so
+
+
 @cache
-def load(name: str) -> ctypes.CDLL | None:
-    """The shared library built from `csrc/<name>.c`, or None when it cannot be built here."""
+def _build(name: str) -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
         return None

@@ -35,12 +35,8 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    so = _cc.load("paged_decode_attention")
-    if so is not None:
-        fn = so.paged_decode_attention_f32
-        fn.restype = None
-        fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float]
-    return so
+    args = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float]
+    return _cc.load("paged_decode_attention", "paged_decode_attention_f32", args)
 
 
 def available() -> bool:
