@@ -8,7 +8,8 @@ budget last. Ordering is a pluggable `SchedulingPolicy`: `fcfs` orders by reques
 `program` (Continuum) serves requests of programs that hold a KV pin first, then orders by the
 arrival of the request's *program*, never of the request; `cache-aware` (KVShare) serves waiting
 requests with the least prefill work left after KV reuse first (hit rate and length), aged by their
-wait so that nothing starves; and
+wait so that nothing starves, and admits a request into a step only while its work is at most that
+of the requests admitted so far (a step's requests all get their first token when it ends); and
 `program+cache-aware` keeps pinned programs first, then orders the rest cache-aware from their
 program's arrival. With KV reuse on, a request whose prompt reuses KV at other positions is
 admitted only when its whole prefill fits this step (the reuse prefill is one selective pass).
@@ -37,6 +38,11 @@ class SchedulingPolicy:
     def key(self, req: Request, sched: Scheduler) -> tuple:
         raise NotImplementedError
 
+    def joins_step(self, req: Request, sched: Scheduler, step_work: float) -> bool:
+        """Whether waiting `req`, next in order, may still join a step that has admitted waiting
+        requests of `step_work` prefill work (token-equivalents) so far."""
+        return True
+
 
 class FCFSPolicy(SchedulingPolicy):
     """vLLM's default: first come, first served by request arrival."""
@@ -60,7 +66,8 @@ class CacheAwarePolicy(SchedulingPolicy):
     TTFT). Waiting raises priority: each `aging_s` seconds of wait is worth one full step of tokens
     (max_num_batched_tokens). A request that has waited `max_wait_s` goes ahead of all that have
     not (oldest first), which bounds any wait to max_wait_s plus the time to serve the overdue
-    requests ahead of it."""
+    requests ahead of it. Within a step the same order holds (`joins_step`): a prefill that costs
+    more than those already admitted waits for the next step instead of delaying them."""
 
     name = "cache-aware"
     needs_prefill_estimate = True
@@ -68,12 +75,21 @@ class CacheAwarePolicy(SchedulingPolicy):
     def __init__(self, aging_s: float = 10.0, max_wait_s: float = 30.0, by_program: bool = False):
         self.aging_s, self.max_wait_s, self.by_program = aging_s, max_wait_s, by_program
 
+    def _since(self, req: Request, sched: Scheduler) -> float:
+        return _program_arrival(req, sched) if self.by_program else req.metrics.arrival_time
+
     def key(self, req: Request, sched: Scheduler) -> tuple:
-        since = _program_arrival(req, sched) if self.by_program else req.metrics.arrival_time
+        since = self._since(req, sched)
         wait = sched.now - since
         if wait >= self.max_wait_s:
             return (0, since, req.seq_no)
         return (1, req.prefill_work / sched.max_num_batched_tokens - wait / self.aging_s, req.seq_no)
+
+    def joins_step(self, req: Request, sched: Scheduler, step_work: float) -> bool:
+        """Shortest job first within a step too: every request of a step gets its first token when
+        the step ends, so a cheap prefill batched with a long one waits for it. A request joins the
+        step only when its work is at most that admitted so far (or it is overdue)."""
+        return req.prefill_work <= step_work or sched.now - self._since(req, sched) >= self.max_wait_s
 
 
 class ProgramPolicy(SchedulingPolicy):
@@ -92,6 +108,9 @@ class ProgramPolicy(SchedulingPolicy):
         if self.then is not None:
             return (not pinned, *self.then.key(req, sched))
         return (not pinned, _program_arrival(req, sched), req.seq_no)
+
+    def joins_step(self, req: Request, sched: Scheduler, step_work: float) -> bool:
+        return self.then is None or self.then.joins_step(req, sched, step_work)
 
 
 POLICIES = {
@@ -218,9 +237,11 @@ class Scheduler:
         if batch.preempted:
             return batch
         self.waiting.sort(key=lambda r: self.policy.key(r, self))
-        admitted = 0
+        admitted, step_work = 0, 0.0
         for req in self.waiting:
             if budget <= 0 or len(running) >= self.max_num_seqs:
+                break
+            if admitted and not self.policy.joins_step(req, self, step_work):
                 break
             pid = req.hint.program_id
             after = _program_arrival(req, self) if self.protect_earlier_pins else None
@@ -246,6 +267,7 @@ class Scheduler:
                 batch.num_new_tokens.append(n)
                 budget -= n
                 admitted += 1
+                step_work += req.prefill_work
                 continue
             self.kv.release_reuse_sources(req)
             req.reuse = None

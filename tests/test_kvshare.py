@@ -238,6 +238,30 @@ def test_cache_aware_policy_orders_by_work_and_ages():
     assert first() is cold
 
 
+def test_cache_aware_keeps_a_long_prefill_out_of_a_cheap_ones_step():
+    """Every request of a step gets its first token when the step ends: cache-aware admits the cheap
+    prefills alone and the long one a step later (unless it is overdue); fcfs admits them together."""
+    doc = list(range(700, 764))
+    now = [100.0]
+
+    def first_step(policy: str, cold_arrival: float = 99.0) -> list[str]:
+        kv = _manager(blocks=512)
+        _cached_sequence(kv, doc)
+        sched = Scheduler(kv, make_policy(policy), 8, 4096, clock=lambda: now[0])
+        reqs = [Request("cold", None, list(range(900, 1500)), GREEDY, arrival_time=cold_arrival),  # 600 tokens
+                Request("warm1", None, doc + [1], GREEDY, arrival_time=100.0),  # 1 token of work
+                Request("warm2", None, doc + [2], GREEDY, arrival_time=100.0)]
+        for r in reqs:
+            sched.add(r)
+        return sorted(r.request_id for r in sched.schedule().requests)
+
+    assert first_step("fcfs") == ["cold", "warm1", "warm2"]
+    assert first_step("cache-aware") == ["warm1", "warm2"]  # equal work joins; 600 > 2 waits
+    overdue = 100.0 - make_policy("cache-aware").max_wait_s
+    assert first_step("cache-aware", cold_arrival=overdue) == ["cold", "warm1", "warm2"]
+    assert first_step("program+cache-aware") == ["warm1", "warm2"]
+
+
 def test_program_policy_composes_with_cache_aware():
     policy = make_policy("program+cache-aware")
     assert policy.then is not None and policy.needs_prefill_estimate
