@@ -21,6 +21,8 @@ came from the cache (exact prefix plus reused spans) in the dhd-20 run. `predict
 f × full TTFT with f = (c + (1 − h + r·h)(L − c)) / L, the compute fraction the method promises
 counted in tokens; `predicted_flops_ttft_s` counts FLOPs instead (`flop_fraction`: a recomputed
 token's attention still reads every key before it), request by request.
+Decode stage: the same requests into two dhd-20 engines, with and without the decode stage, side by
+side (TPOT overhead).
 Scheduling: a Poisson stream of requests with mixed hit rates and lengths (1..K cached documents, as
 they are or with their words shuffled) into a dhd-20 engine under `fcfs` and under `cache-aware`:
 mean, p95 and max TTFT.
@@ -84,13 +86,19 @@ def _drain(engine: Engine) -> list:
     return outs
 
 
-def run_method(name: str, workload: dict, max_tokens: int, model: str | None = None,
-               kv_cache_tokens: int = 65536) -> dict:
-    engine = Engine(model=model, kv_cache_tokens=kv_cache_tokens, max_num_batched_tokens=4096, **METHODS[name])
+def _seeded_engine(workload: dict, model: str | None, kv_cache_tokens: int, **options) -> Engine:
+    """An engine whose cache holds the workload's seed prompts (each document once per tenant)."""
+    engine = Engine(model=model, kv_cache_tokens=kv_cache_tokens, max_num_batched_tokens=4096, **options)
     sp_seed = SamplingParams(temperature=0, max_tokens=1)
     for tenant, text in workload["seeds"]:
         engine.add_request(_chat(engine, text), sp_seed, hint=ProgramHint(tenant=tenant))
     _drain(engine)
+    return engine
+
+
+def run_method(name: str, workload: dict, max_tokens: int, model: str | None = None,
+               kv_cache_tokens: int = 65536) -> dict:
+    engine = _seeded_engine(workload, model, kv_cache_tokens, **METHODS[name])
     first_logits: dict[str, torch.Tensor] = {}
     work: dict[str, float] = {}
 
@@ -126,6 +134,29 @@ def run_method(name: str, workload: dict, max_tokens: int, model: str | None = N
             "tokens_per_s": sum(len(o.token_ids) for o in outs) / wall,
             "decode_recomputed": engine.runner.num_decode_recomputed,
             "num_layers": engine.model_config.num_layers}
+
+
+def run_decode_stage(workload: dict, max_tokens: int, model: str | None = None, kv_cache_tokens: int = 65536) -> dict:
+    """TPOT of dhd-20 with its decode stage (the default drift) and without (drift 0), side by side:
+    two engines seeded alike, each request sent to both, which goes first alternating from request
+    to request (on this machine the first of a pair runs slower). The overhead is the mean paired
+    difference over the mean TPOT without, so the order effect cancels."""
+    drift = ReuseOptions().drift
+    engines = {name: _seeded_engine(workload, model, kv_cache_tokens, kv_reuse="dhd", kv_reuse_ratio=0.2,
+                                    kv_reuse_drift=d) for name, d in (("on", drift), ("off", 0.0))}
+    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    tpot: dict[str, list[float]] = {"on": [], "off": []}
+    for i, (tenant, text) in enumerate(workload["requests"]):
+        for name in ("on", "off") if i % 2 == 0 else ("off", "on"):
+            engine = engines[name]
+            engine.add_request(_chat(engine, text), sp, request_id=f"d{i}", hint=ProgramHint(tenant=tenant))
+            (out,) = _drain(engine)
+            m = out.metrics
+            tpot[name].append((m.finish_time - m.first_token_time) / max(1, len(out.token_ids) - 1))
+    off = statistics.mean(tpot["off"])
+    diff = statistics.mean(a - b for a, b in zip(tpot["on"], tpot["off"]))
+    return {"drift": drift, "requests": len(tpot["on"]), "tpot_on_s": off + diff, "tpot_off_s": off,
+            "overhead": diff / off, "decode_recomputed_tokens": engines["on"].runner.num_decode_recomputed}
 
 
 def flop_fraction(engine: Engine, req) -> float:
@@ -246,7 +277,8 @@ def main(args) -> dict:
     work = build_workload(docs, args.requests, args.docs, seed=args.seed)
     work["batch"] = build_workload(docs, args.requests, args.docs, seed=args.seed + 1)["requests"]
     runs, report = {}, {"methods": {}}
-    for name in [] if args.only_scheduling else args.method or list(METHODS):
+    only = args.only_scheduling or args.only_decode_stage
+    for name in [] if only else args.method or list(METHODS):
         t0 = time.perf_counter()
         runs[name] = run_method(name, work, args.max_tokens, args.model, args.kv_cache_tokens)
         print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -272,7 +304,9 @@ def main(args) -> dict:
         row["decode_recomputed_tokens"] = run["decode_recomputed"]
         report["methods"][name] = row
     report["hit_rate"] = hit
-    if not args.no_scheduling:
+    if args.only_decode_stage or not (args.only_scheduling or args.no_decode_stage):
+        report["decode_stage"] = run_decode_stage(work, args.max_tokens, args.model, args.kv_cache_tokens)
+    if not (args.no_scheduling or args.only_decode_stage):
         streams = {p: [] for p in ("fcfs", "cache-aware")}
         for i in range(args.sched_repeat):  # a new stream (mix and arrival times) each time, both policies
             for p in streams:
@@ -289,9 +323,9 @@ def main(args) -> dict:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"hit rate (dhd-20 run): {report['hit_rate']:.3f}" if report["hit_rate"] is not None else "",
+    lines = [f"hit rate (dhd-20 run): {report['hit_rate']:.3f}",
              (f"{'method':<14}{'TTFT s':>8}{'pred s':>8}{'flops s':>8}{'x full':>8}{'TPOT ms':>9}{'tok/s':>8}"
-              f"{'match':>7}{'rougeL':>8}{'KL':>8}")]
+              f"{'match':>7}{'rougeL':>8}{'KL':>8}")] if report["methods"] else []
     nan = float("nan")
     for name, m in report["methods"].items():
         pred = m.get("predicted_ttft_s")
@@ -300,6 +334,11 @@ def format_table(report: dict) -> str:
                      f"{m.get('speedup_vs_full', nan):>8.2f}{m['tpot_s'] * 1e3:>9.1f}"
                      f"{m['tokens_per_s']:>8.1f}{m.get('token_match', nan):>7.2f}"
                      f"{m.get('rouge_l', nan):>8.2f}{m.get('kl', nan):>8.3f}")
+    if "decode_stage" in report:
+        d = report["decode_stage"]
+        lines.append(f"decode stage (dhd-20, drift {d['drift']}): TPOT {d['tpot_on_s'] * 1e3:.1f} ms vs "
+                     f"{d['tpot_off_s'] * 1e3:.1f} ms without, {d['overhead']:+.1%} "
+                     f"({d['decode_recomputed_tokens']} tokens recomputed over {d['requests']} requests)")
     for policy, m in report.get("scheduling", {}).items():
         lines.append(f"{len(m['streams'])} streams of {m['requests']:.0f} warm and cold requests at {m['rate_per_s']}/s, "
                      f"{policy:<12} mean TTFT "
@@ -324,4 +363,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sched-rate", type=float, default=0.8, help="arrivals per second in the scheduling stream")
     ap.add_argument("--sched-repeat", type=int, default=3, help="streams (seeds) per policy; figures are their means")
     ap.add_argument("--only-scheduling", action="store_true", help="skip the methods, run the fcfs vs cache-aware streams")
+    ap.add_argument("--no-decode-stage", action="store_true", help="skip the decode stage's TPOT comparison")
+    ap.add_argument("--only-decode-stage", action="store_true",
+                    help="run only the decode stage's TPOT comparison (dhd-20 with and without it)")
     ap.add_argument("--json", help="write the figures here")

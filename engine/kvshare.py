@@ -201,15 +201,16 @@ class Reuser:
         return x
 
     def _attention(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor, slots: torch.Tensor,
-                   chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   chunk: int = 64, output: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Causal softmax attention of queries q [m, H, D] at ascending q_pos over the KV at `slots`
         (positions 0..n-1), in float32, in chunks of queries, each over the keys up to its last
         query: the output [m, H, D], the attention each key receives summed over queries and heads
         [n], and the last query's attention [H, n]. DHD's check layer takes its output from here
         too, so its attention is computed once (SDPA for the output and a second pass for the scores
-        took 97 ms for a 2k-token prompt of the default model, this one pass 40 ms)."""
+        took 97 ms for a 2k-token prompt of the default model, this one pass 40 ms). `output=False`
+        skips the output (None) and the values (the decode stage's probe needs the scores only)."""
         k = self._cache_rows(self.k_cache, layer, slots).float().permute(1, 2, 0)  # [KVH, D, n]
-        v = self._cache_rows(self.v_cache, layer, slots).float().transpose(0, 1)  # [KVH, n, D]
+        v = self._cache_rows(self.v_cache, layer, slots).float().transpose(0, 1) if output else None  # [KVH, n, D]
         kvh, hd, n = k.shape
         group = q.shape[1] // kvh
         qg = q.float().view(-1, kvh, group, hd).transpose(0, 1)  # [KVH, m, G, D]: a kv head's queries together
@@ -224,11 +225,12 @@ class Reuser:
             s[..., lo:].masked_fill_((kv_pos[lo:hi] > pos[:, None])[None, :, None, :], float("-inf"))
             probs = torch.softmax(s, dim=-1)
             received[:hi] += probs.view(-1, hi).sum(dim=0)
-            o = torch.matmul(probs.view(kvh, mc * group, hi), v[:, :hi])
-            out[c0:c0 + chunk] = o.view(kvh, mc, group, hd).transpose(0, 1)
+            if output:
+                o = torch.matmul(probs.view(kvh, mc * group, hi), v[:, :hi])
+                out[c0:c0 + chunk] = o.view(kvh, mc, group, hd).transpose(0, 1)
         last = torch.zeros(q.shape[1], n, device=q.device)
         last[:, :hi] = probs[:, -1].reshape(q.shape[1], hi)
-        return out.view(q.shape), received, last
+        return out.view(q.shape) if output else None, received, last
 
     @torch.inference_mode()
     def prefill(self, req: Request, plan: ReusePlan, start: int) -> torch.Tensor:
@@ -298,7 +300,7 @@ class Reuser:
         layer = self.decode_probe_layer()
         n = req.num_tokens  # called right after the forward: every token has its KV in the cache
         all_slots = _slots(req, torch.arange(n, device=self.device), self.bs)
-        probs = self._attention(layer, q[None], self._tensor([n - 1]), all_slots)[1]
+        probs = self._attention(layer, q[None], self._tensor([n - 1]), all_slots, output=False)[1]
         now = probs[plan.remaining]
         now = now / now.sum().clamp_min(1e-30)
         if torch.nn.functional.cosine_similarity(now, plan.reference, dim=0) >= opts.drift:

@@ -44,3 +44,6 @@ def test_bench_reuse_json_and_predictions(tmp_path):
     assert 0 < naive["flop_fraction"] < dhd["flop_fraction"] < 1
     tokens_f = dhd["predicted_ttft_s"] / methods["full"]["ttft_s"]
     assert dhd["flop_fraction"] > tokens_f * 0.5
+    stage = report["decode_stage"]  # dhd-20 with and without its decode stage, side by side
+    assert stage["requests"] == 2 and stage["tpot_on_s"] > 0 and stage["tpot_off_s"] > 0
+    assert stage["overhead"] == pytest.approx(stage["tpot_on_s"] / stage["tpot_off_s"] - 1)

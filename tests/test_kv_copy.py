@@ -71,3 +71,16 @@ def test_overlapping_source_and_destination_blocks_are_refused():
     src = torch.arange(16, 32)
     with pytest.raises(ValueError, match="overlap"):
         kv_copy.copy_reused_kv_(k, v, src, src + 4, torch.full((16,), 4), _inv_freq(64), range(4))
+
+
+def test_other_dtypes_take_the_torch_path_with_the_same_result():
+    """A bfloat16 cache (no C kernel for it) goes through the reference: the same rows as float32,
+    to bfloat16's rounding."""
+    k, v = _caches()
+    kb, vb = k.to(torch.bfloat16), v.to(torch.bfloat16)
+    src, dst = torch.arange(16, 50), torch.arange(200, 234)
+    delta = dst - src
+    kv_copy.copy_reused_kv_(k, v, src, dst, delta, _inv_freq(64), range(4))
+    kv_copy.copy_reused_kv_(kb, vb, src, dst, delta, _inv_freq(64), range(4))
+    torch.testing.assert_close(kb.float(), k, atol=3e-2, rtol=2e-2)
+    assert torch.equal(vb.float(), v.to(torch.bfloat16).float())
