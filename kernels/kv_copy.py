@@ -37,6 +37,8 @@ def copy_reused_kv_ref_(k_cache: torch.Tensor, v_cache: torch.Tensor, src_slots:
                         delta: torch.Tensor, inv_freq: torch.Tensor, layers: range,
                         shift: Callable = rope.rope_shift_ref) -> None:
     """Torch reference (in place)."""
+    if len(layers) == 0:
+        return
     _, _, kv_heads, block_size, head_dim = k_cache.shape
     src, dst = _head_rows(src_slots, kv_heads, block_size), _head_rows(dst_slots, kv_heads, block_size)
     n = src_slots.shape[0]
@@ -73,6 +75,10 @@ def copy_reused_kv_(k_cache: torch.Tensor, v_cache: torch.Tensor, src_slots: tor
     dst = dst_slots.to(torch.int64).contiguous()
     d = delta.to(torch.int64).contiguous()
     inv = inv_freq.to(torch.float32).contiguous()
+    slots = num_blocks * block_size
+    if not (src.shape == dst.shape == d.shape and int(torch.minimum(src.min(), dst.min())) >= 0
+            and int(torch.maximum(src.max(), dst.max())) < slots):
+        raise ValueError(f"copy_reused_kv_: slots must be [n] in [0, {slots}) with a delta each")
     if torch.isin(dst // block_size, src // block_size).any():
         raise ValueError("copy_reused_kv_: source and destination blocks overlap")
     _library().kv_reuse_copy_f32(k_cache.data_ptr(), v_cache.data_ptr(), src.data_ptr(), dst.data_ptr(), d.data_ptr(),

@@ -66,11 +66,13 @@ def test_copied_key_equals_the_key_computed_at_the_new_position():
     torch.testing.assert_close(k[0][back // block_size, :, back % block_size], rotated(old_pos), atol=5e-4, rtol=1e-4)
 
 
-def test_overlapping_source_and_destination_blocks_are_refused():
+def test_overlapping_or_out_of_range_slots_are_refused():
     k, v = _caches()
     src = torch.arange(16, 32)
     with pytest.raises(ValueError, match="overlap"):
         kv_copy.copy_reused_kv_(k, v, src, src + 4, torch.full((16,), 4), _inv_freq(64), range(4))
+    with pytest.raises(ValueError, match="slots must be"):  # past the cache's last slot: refused, not written
+        kv_copy.copy_reused_kv_(k, v, src, src + 32 * 16, torch.full((16,), 512), _inv_freq(64), range(4))
 
 
 def test_other_dtypes_take_the_torch_path_with_the_same_result():
