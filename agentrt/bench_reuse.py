@@ -61,10 +61,15 @@ def load_documents(path: Path = CORPUS) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
 
 
+def _seed(tenant: str, doc: str) -> tuple[str, str]:
+    """A seed request: the document alone after a tenant header, as a tool output first enters a conversation."""
+    return tenant, f"[{tenant}] tool output:\n{doc}"
+
+
 def build_workload(docs: list[str], num_requests: int, docs_per_prompt: int, seed: int = 0) -> dict:
     """Seed prompts (each document once per tenant) and request prompts (shuffled documents)."""
     rng = random.Random(seed)
-    seeds = [(t, f"[{t}] tool output:\n{d}") for t in TENANTS for d in docs]
+    seeds = [_seed(t, d) for t in TENANTS for d in docs]
     requests = []
     for i in range(num_requests):
         tenant = TENANTS[i % len(TENANTS)]
@@ -189,12 +194,8 @@ def run_scheduling(policy: str, docs: list[str], num_requests: int, docs_per_pro
     for every policy) into a dhd-20 engine under `policy`. TTFT counts from the scheduled arrival."""
     rng = random.Random(seed)
     seen = docs[: len(docs) // 2]
-    engine = Engine(model=model, kv_cache_tokens=kv_cache_tokens, max_num_batched_tokens=4096, kv_reuse="dhd",
-                    kv_reuse_ratio=0.2, scheduling_policy=policy)
-    sp_seed = SamplingParams(temperature=0, max_tokens=1)
-    for d in seen:
-        engine.add_request(_chat(engine, f"[{TENANTS[0]}] tool output:\n{d}"), sp_seed, hint=ProgramHint(tenant=TENANTS[0]))
-    _drain(engine)
+    engine = _seeded_engine({"seeds": [_seed(TENANTS[0], d) for d in seen]}, model, kv_cache_tokens, kv_reuse="dhd",
+                            kv_reuse_ratio=0.2, scheduling_policy=policy)
     stream, at = [], 0.0
     for i in range(num_requests):
         kind = rng.choice(("warm", "cold"))
@@ -340,8 +341,8 @@ def format_table(report: dict) -> str:
                      f"{d['tpot_off_s'] * 1e3:.1f} ms without, {d['overhead']:+.1%} "
                      f"({d['decode_recomputed_tokens']} tokens recomputed over {d['requests']} requests)")
     for policy, m in report.get("scheduling", {}).items():
-        lines.append(f"{len(m['streams'])} streams of {m['requests']:.0f} warm and cold requests at {m['rate_per_s']}/s, "
-                     f"{policy:<12} mean TTFT "
+        lines.append(f"{len(m['streams'])} streams of {m['requests']:.0f} warm and cold requests at "
+                     f"{m['rate_per_s']}/s, {policy:<12} mean TTFT "
                      f"{m['mean_ttft_s']:.2f} s (warm {m['mean_ttft_warm_s']:.2f}, cold {m['mean_ttft_cold_s']:.2f}), "
                      f"p95 {m['p95_ttft_s']:.2f} s, max {m['max_ttft_s']:.2f} s; per stream mean "
                      + ", ".join(f"{r['mean_ttft_s']:.2f}" for r in m["streams"]))
@@ -362,7 +363,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sched-requests", type=int, default=24, help="requests in the scheduling stream")
     ap.add_argument("--sched-rate", type=float, default=0.8, help="arrivals per second in the scheduling stream")
     ap.add_argument("--sched-repeat", type=int, default=3, help="streams (seeds) per policy; figures are their means")
-    ap.add_argument("--only-scheduling", action="store_true", help="skip the methods, run the fcfs vs cache-aware streams")
+    ap.add_argument("--only-scheduling", action="store_true",
+                    help="skip the methods, run the fcfs vs cache-aware streams")
     ap.add_argument("--no-decode-stage", action="store_true", help="skip the decode stage's TPOT comparison")
     ap.add_argument("--only-decode-stage", action="store_true",
                     help="run only the decode stage's TPOT comparison (dhd-20 with and without it)")

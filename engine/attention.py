@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import cpu_attention
+from kernels.kv_store import head_rows
 
 
 @dataclass(slots=True)
@@ -91,10 +92,7 @@ class TorchAttentionBackend(AttentionBackend):
     def begin_step(self, meta: AttentionMetadata) -> None:
         super().begin_step(meta)
         # element row of each (token, head) in the [blocks * kv_heads * bs, hd] view
-        slot = meta.slot_mapping
-        block, row = slot // self.block_size, slot % self.block_size
-        heads = torch.arange(self.kv_heads, device=slot.device)
-        self._store_idx = ((block[:, None] * self.kv_heads + heads) * self.block_size + row[:, None]).reshape(-1)
+        self._store_idx = head_rows(meta.slot_mapping, self.kv_heads, self.block_size)
         if meta.decode_block_tables is not None:
             self._prepare_decode(meta)
 

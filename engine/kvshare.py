@@ -216,7 +216,7 @@ class Reuser:
         qg = q.float().view(-1, kvh, group, hd).transpose(0, 1)  # [KVH, m, G, D]: a kv head's queries together
         kv_pos = torch.arange(n, device=q.device)
         received = torch.zeros(n, device=q.device)
-        out = torch.empty(q.shape[0], kvh, group, hd, device=q.device)
+        out = torch.empty(q.shape[0], kvh, group, hd, device=q.device) if output else None
         for c0 in range(0, q.shape[0], chunk):
             pos = q_pos[c0:c0 + chunk]
             mc, lo, hi = pos.shape[0], int(pos[0]), int(pos[-1]) + 1

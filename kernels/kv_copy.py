@@ -23,14 +23,7 @@ from functools import cache
 import torch
 
 from kernels import _cc, rope
-
-
-def _head_rows(slots: torch.Tensor, kv_heads: int, block_size: int) -> torch.Tensor:
-    """[n * kv_heads] rows of the slots' (token, head) pairs in a layer's [blocks * kv_heads * bs, D]
-    view, token-major."""
-    heads = torch.arange(kv_heads, device=slots.device)
-    block, row = slots // block_size, slots % block_size
-    return ((block[:, None] * kv_heads + heads) * block_size + row[:, None]).reshape(-1)
+from kernels.kv_store import head_rows
 
 
 def copy_reused_kv_ref_(k_cache: torch.Tensor, v_cache: torch.Tensor, src_slots: torch.Tensor, dst_slots: torch.Tensor,
@@ -40,7 +33,7 @@ def copy_reused_kv_ref_(k_cache: torch.Tensor, v_cache: torch.Tensor, src_slots:
     if len(layers) == 0:
         return
     _, _, kv_heads, block_size, head_dim = k_cache.shape
-    src, dst = _head_rows(src_slots, kv_heads, block_size), _head_rows(dst_slots, kv_heads, block_size)
+    src, dst = head_rows(src_slots, kv_heads, block_size), head_rows(dst_slots, kv_heads, block_size)
     n = src_slots.shape[0]
     for kv_cache, rotate in ((k_cache, True), (v_cache, False)):
         flat = kv_cache[layers.start:layers.stop].view(len(layers), -1, head_dim)  # [l, NB * KVH * bs, D]

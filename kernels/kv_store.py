@@ -4,6 +4,8 @@ Shapes: k, v [tokens, kv_heads, head_dim] (any strides with a contiguous last di
 [num_blocks, kv_heads, block_size, head_dim] for one layer; slot_mapping [tokens] int64, where slot
 `block * block_size + row` names the cache row and -1 means "do not store" (padding rows of a
 CUDA-graph batch, tokens whose KV is already cached). Both functions write the caches in place.
+`head_rows` maps slots to their rows in a layer's flat `[blocks * kv_heads * block_size, head_dim]`
+view (the torch attention backend's store and the KV reuse copy index the cache through it).
 """
 
 from __future__ import annotations
@@ -11,6 +13,14 @@ from __future__ import annotations
 import torch
 
 from kernels._triton import require, tl, triton
+
+
+def head_rows(slots: torch.Tensor, kv_heads: int, block_size: int) -> torch.Tensor:
+    """[n * kv_heads] rows of the slots' (token, head) pairs in a layer's [blocks * kv_heads * bs, D]
+    view, token-major."""
+    heads = torch.arange(kv_heads, device=slots.device)
+    block, row = slots // block_size, slots % block_size
+    return ((block[:, None] * kv_heads + heads) * block_size + row[:, None]).reshape(-1)
 
 
 def store_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
