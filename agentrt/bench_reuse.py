@@ -12,7 +12,8 @@ on a fresh engine:
   prefix          exact prefix caching only (vLLM's automatic prefix caching)
   naive           reused KV as is: only tokens without a cached value (and the last) computed
   cacheblend-20   recompute the 20% of reused tokens whose values deviate most at layer 1
-  dhd-R           DHD: deviation weighted by attention received at layer 1, R% recomputed, decode stage
+  dhd-R           DHD: deviation weighted by the attention the prompt's tail pays each token a few
+                  layers deeper (it runs ahead over the reused KV), R% recomputed, decode stage
 Per method: median TTFT of requests served one at a time, median TPOT, throughput of the same kind
 of requests all submitted at once (generated tokens per second), and quality as agreement with
 `full`: greedy token match over the new tokens, ROUGE-L of the text, and the KL divergence of the
@@ -167,9 +168,10 @@ def run_decode_stage(workload: dict, max_tokens: int, model: str | None = None, 
 def flop_fraction(engine: Engine, req) -> float:
     """Prefill FLOPs of `req` as the engine computed it over those of a full prefill of its prompt:
     per layer, 2 x (layer weights) per computed token plus 4 x heads x head_dim per (query, visible
-    key) pair; a reuse prefill computes every uncached token in layers < c and its recompute set
-    (plan.attended_keys keys in all) in layers >= c. Unlike the token-count fraction f, it counts
-    that a recomputed token still attends to every key before it."""
+    key) pair; a reuse prefill computes every uncached token in layers < c, its recompute set
+    (plan.attended_keys keys in all) in layers >= c, and (dhd) its tail in the probe layers.
+    Unlike the token-count fraction f, it counts that a recomputed token still attends to every key
+    before it."""
     cfg, model = engine.model_config, engine.model
     per_token = 2 * sum(p.numel() for p in model.layers[0].parameters())
     per_key = 4 * cfg.num_heads * cfg.head_dim
@@ -183,7 +185,8 @@ def flop_fraction(engine: Engine, req) -> float:
         return dense(p) / dense(0)
     c = min(engine.runner.reuser.options.full_layers, layers)
     sparse = plan.num_recomputed * per_token + per_key * plan.attended_keys
-    return (c * dense(p) + (layers - c) * sparse) / (layers * dense(0))
+    probe = plan.probe_tokens * per_token + per_key * plan.probe_keys  # dhd's tail running ahead
+    return (c * dense(p) + (layers - c) * sparse + probe) / (layers * dense(0))
 
 
 def run_scheduling(policy: str, docs: list[str], num_requests: int, docs_per_prompt: int, rate: float,

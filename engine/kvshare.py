@@ -9,18 +9,23 @@ of tokens some cached sequence computed at another position. `plan_reuse` turns 
 1. copy the reused tokens' KV into the request's own blocks, K re-rotated by (new - old) position
    (kernels/kv_copy.py), in layers >= c (the layers below are computed afresh anyway);
 2. layers < c (c = check layer + 1) run on every new token, exactly as a normal prefill;
-3. at the check layer, each reused token j is scored by its value deviation ‖V_fresh − V_cached‖₁,
-   times (method `dhd`) the attention α_j it receives (summed over heads, averaged over the queries
-   that can see it: a plain sum would favour early tokens); the top `ratio` of reused tokens, every
-   token without a cached value, and the prompt's last token form the recompute set S;
+3. at the check layer, each reused token j is scored by its value deviation ‖V_fresh − V_cached‖₁;
+   method `dhd` weights it by the attention α_j it receives from the prompt's tail (the tokens
+   after the last reused one, computed in any case; at least the last token), which runs ahead
+   through the layers after the check layer (`probe_layers`: all by default) over the copied KV
+   before any selection (`Reuser._probe`). Not by the check layer's own attention: at layer 1 it
+   is local and positional, and weighting by it selected worse tokens than the deviation alone
+   (README); the tail's attention in the deeper layers is what the first new tokens will read.
+   The top `ratio` of reused tokens, every token without a cached value, and the prompt's last
+   token form the recompute set S;
 4. layers ≥ c run on S only (sparse queries at their own positions over the request's whole KV);
    the other reused tokens keep their copied KV.
 Method `naive` is c = 0 and ratio 0 (compute only what has no cached value); `cacheblend` scores by
 value deviation alone and has no decode stage. Decode stage (`dhd` only, `drift` > 0): each decode
-step the query at the check layer is compared with the attention distribution over the remaining
-reused tokens at selection time; when their cosine similarity falls below `drift`, the
-`decode_tokens` reused tokens the new query attends to most are recomputed (from their hidden
-states saved at layer c) and the reference distribution is reset. KV after the first reused token
+step the query at the last probe layer is compared with the last prompt token's attention there
+over the remaining reused tokens at selection time; when their cosine similarity falls below
+`drift`, the `decode_tokens` reused tokens the new query attends to most are recomputed (from their
+hidden states saved at layer c) and the reference distribution is reset. KV after the first reused token
 is approximate, so such blocks never enter the prefix or content index (`Request.exact_tokens`).
 """
 
@@ -49,6 +54,7 @@ class ReuseOptions:
     check_layer: int = 1
     drift: float = 0.5  # decode stage: recompute when cosine(attention now, at selection) < drift; 0 = off
     decode_tokens: int = 3  # reused tokens recomputed per triggered decode step
+    probe_layers: int | None = None  # dhd: layers after the check layer the prompt's tail runs ahead through; None: all
     min_span: int = 32  # shortest reused span, in tokens
 
     def __post_init__(self) -> None:
@@ -58,11 +64,18 @@ class ReuseOptions:
             raise ValueError(f"kv_reuse_ratio must be in [0, 1], got {self.ratio}")
         if self.check_layer < 0:
             raise ValueError(f"kv_reuse_check_layer must be >= 0, got {self.check_layer}")
+        if self.probe_layers is not None and self.probe_layers < 1:
+            raise ValueError(f"kv_reuse_probe_layers must be >= 1 (or None: all), got {self.probe_layers}")
 
     @property
     def full_layers(self) -> int:
         """c: layers computed for every token."""
         return 0 if self.method == "naive" else self.check_layer + 1
+
+    def probe(self, num_layers: int) -> range:
+        """The layers DHD's tail runs ahead through: after the check layer, `probe_layers` of them."""
+        c = min(self.full_layers, num_layers)
+        return range(c, num_layers if self.probe_layers is None else min(c + self.probe_layers, num_layers))
 
     def reused_token_work(self, num_layers: int) -> float:
         """Share of a computed token's prefill work that a reused token costs: all of layers < c,
@@ -85,6 +98,8 @@ class ReusePlan:
     reference: torch.Tensor | None = None  # attention distribution over `remaining` at selection time
     num_recomputed: int = 0
     attended_keys: int = 0  # sum of (position + 1) over the recomputed queries: keys they read per layer >= c
+    probe_tokens: int = 0  # tail tokens x probe layers (dhd's weighting pass)
+    probe_keys: int = 0  # keys the tail's queries read in all probe layers
     num_decode_recomputed: int = 0
     decode_triggers: int = 0
     copied: bool = False
@@ -201,14 +216,14 @@ class Reuser:
         return x
 
     def _attention(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor, slots: torch.Tensor,
-                   chunk: int = 64, output: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+                   chunk: int = 64, output: bool = True, valid: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Causal softmax attention of queries q [m, H, D] at ascending q_pos over the KV at `slots`
         (positions 0..n-1), in float32, in chunks of queries, each over the keys up to its last
         query: the output [m, H, D], the attention each key receives summed over queries and heads
-        [n], and the last query's attention [H, n]. DHD's check layer takes its output from here
-        too, so its attention is computed once (SDPA for the output and a second pass for the scores
-        took 97 ms for a 2k-token prompt of the default model, this one pass 40 ms). `output=False`
-        skips the output (None) and the values (the decode stage's probe needs the scores only)."""
+        [n], and the last query's attention [H, n]; keys where `valid` [n] is False are left out.
+        `output=False` skips the output (None) and the values (the decode stage's probe needs the
+        scores only)."""
         k = self._cache_rows(self.k_cache, layer, slots).float().permute(1, 2, 0)  # [KVH, D, n]
         v = self._cache_rows(self.v_cache, layer, slots).float().transpose(0, 1) if output else None  # [KVH, n, D]
         kvh, hd, n = k.shape
@@ -223,6 +238,8 @@ class Reuser:
             s = torch.matmul(qg[:, c0:c0 + chunk].reshape(kvh, mc * group, hd), k[:, :, :hi])
             s = s.mul_(hd ** -0.5).view(kvh, mc, group, hi)
             s[..., lo:].masked_fill_((kv_pos[lo:hi] > pos[:, None])[None, :, None, :], float("-inf"))
+            if valid is not None:
+                s.masked_fill_(~valid[:hi], float("-inf"))
             probs = torch.softmax(s, dim=-1)
             received[:hi] += probs.view(-1, hi).sum(dim=0)
             if output:
@@ -231,6 +248,36 @@ class Reuser:
         last = torch.zeros(q.shape[1], n, device=q.device)
         last[:, :hi] = probs[:, -1].reshape(q.shape[1], hi)
         return out.view(q.shape) if output else None, received, last
+
+    def _probe(self, req: Request, plan: ReusePlan, x: torch.Tensor, pos: torch.Tensor, reused: torch.Tensor,
+               layers: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """DHD's weights: the prompt's tail (its tokens after the last reused one, which are computed
+        in any case; at least the last token), hidden states x[tail] after the check layer, runs
+        ahead through `layers` over the copied KV, before any selection. Returns the attention each
+        key receives from it, summed over the tail's queries, the heads and those layers [n], and
+        the last token's attention at the last of them [H, n]. Keys not written yet (tokens without
+        a cached value before the tail) are left out. The tail's KV written here is provisional:
+        it is in the recompute set, which writes it again."""
+        n = req.num_tokens
+        tail = (pos > pos[reused[-1]]).nonzero().squeeze(1)
+        xt, tp = x[tail], pos[tail]
+        all_slots = _slots(req, torch.arange(n, device=self.device), self.bs)
+        valid = torch.zeros(n, dtype=torch.bool, device=self.device)
+        valid[: int(pos[0])] = True  # the exact cached prefix
+        valid[self._tensor(plan.positions)] = True
+        valid[tp] = True
+        cos, sin = rope_cos_sin(self.model.inv_freq, tp, xt.dtype)
+        received = torch.zeros(n, device=self.device)
+        for i in layers:
+            layer = self.model.layers[i]
+            q, k, v = layer.qkv_proj(xt, cos, sin)
+            store_kv_ref(k, v, self.k_cache[i], self.v_cache[i], all_slots[tp])
+            o, r, last = self._attention(i, q, tp, all_slots, valid=valid)
+            received += r
+            xt = layer.finish(xt, o.to(xt.dtype))
+        plan.probe_tokens = len(layers) * int(tp.shape[0])
+        plan.probe_keys = len(layers) * int((tp + 1).sum())
+        return received, last
 
     @torch.inference_mode()
     def prefill(self, req: Request, plan: ReusePlan, start: int) -> torch.Tensor:
@@ -241,7 +288,6 @@ class Reuser:
             self.copy(req, plan)
         pos = torch.arange(start, n, device=self.device)
         slots = _slots(req, pos, bs)
-        all_slots = _slots(req, torch.arange(n, device=self.device), bs)
         tiles = self._tiles(req, n)
         full_span = PrefillSpan(0, n - start, start, tiles if start else None)  # layers < c: every token
         reused = self._tensor(plan.positions) - start  # local indices into pos
@@ -259,22 +305,19 @@ class Reuser:
             q, k, v = layer.qkv_proj(x, cos, sin)
             v_old = self._cache_rows(self.v_cache, c - 1, self._tensor(plan.src_slots)).float()
             score = (v[reused].float() - v_old).abs().sum(dim=(1, 2))
-            if opts.method == "dhd" and opts.ratio < 1:  # (at ratio 1 every token is recomputed: no scores)
-                store_kv_ref(k, v, self.k_cache[c - 1], self.v_cache[c - 1], slots)
-                o, received, last = self._attention(c - 1, q, pos, all_slots)
-                x = layer.finish(x, o.to(x.dtype))
-                # mean attention a key receives from the queries that can see it (a plain sum
-                # would favour early tokens, which more queries see)
-                seen = torch.arange(n, 0, -1, device=self.device).clamp_max(n - start).float()
-                score = score * (received / seen)[start:][reused]
-            else:
-                x = layer.finish(x, self.attn.forward(c - 1, q, k, v))
+            x = layer.finish(x, self.attn.forward(c - 1, q, k, v))
+        probe = opts.probe(len(model.layers))
+        # (at ratio 1 every token is recomputed: no weights)
+        weighted = opts.method == "dhd" and c > 0 and len(probe) > 0 and opts.ratio < 1
+        if weighted:
+            received, last = self._probe(req, plan, x, pos, reused, probe)
+            score = score * received[start:][reused]
         keep = math.ceil(opts.ratio * reused.shape[0]) if opts.method != "naive" else 0
         if keep:
             is_new[reused[torch.topk(score, min(keep, reused.shape[0])).indices]] = True
         sel = is_new.nonzero().squeeze(1)
         plan.num_recomputed = int(sel.shape[0])
-        if opts.method == "dhd" and opts.drift > 0 and c > 0 and opts.ratio < 1:
+        if weighted and opts.drift > 0:
             rest = reused[~is_new[reused]]
             plan.remaining = rest + start
             plan.hidden = x[rest].clone()
@@ -288,11 +331,12 @@ class Reuser:
         return model.logits(x[-1:])
 
     def decode_probe_layer(self) -> int:
-        return self.options.full_layers - 1
+        """The layer whose decode query the decode stage compares: the last probe layer."""
+        return self.options.probe(len(self.model.layers))[-1]
 
     @torch.inference_mode()
     def after_decode(self, req: Request, q: torch.Tensor) -> int:
-        """Decode stage for one request: q [H, D] is its newest token's query at the check layer.
+        """Decode stage for one request: q [H, D] is its newest token's query at the last probe layer.
         Recomputes a few reused tokens when attention has drifted; returns how many."""
         plan, opts = req.reuse, self.options
         if plan is None or plan.remaining is None or plan.remaining.numel() == 0:

@@ -34,6 +34,13 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def deep_tiny_model_dir(tmp_path_factory):
+    """A tiny random model with layers after KV reuse's check layer (1) to recompute selectively in
+    (with 2 layers every layer is computed for every token) and to run DHD's probe through."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama-4", num_layers=4)
+
+
+@pytest.fixture(scope="session")
 def default_model_dir():
     from engine.loader import ensure_default_model
 

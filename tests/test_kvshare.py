@@ -84,9 +84,9 @@ def test_evicted_blocks_leave_the_content_index():
 
 # ---- the engine on a tiny random model ----------------------------------------------------------
 
-def _engine(tiny_model_dir, **kw) -> Engine:
+def _engine(deep_tiny_model_dir, **kw) -> Engine:
     # float32 on any device: the tests compare K/V and tokens with a fresh computation to float32 rounding
-    return Engine(model=str(tiny_model_dir), kv_cache_tokens=4096, block_size=BS * 4, dtype="float32", **kw)
+    return Engine(model=str(deep_tiny_model_dir), kv_cache_tokens=4096, block_size=BS * 4, dtype="float32", **kw)
 
 
 def _run(engine: Engine, prompt: list[int], tenant: str | None = None, params=GREEDY):
@@ -106,11 +106,11 @@ def _prompts(engine: Engine) -> tuple[list[int], list[int]]:
     return doc_a + doc_b, header + doc_b + doc_a + [5, 6, 7]
 
 
-def test_dhd_with_full_ratio_equals_full_recompute(tiny_model_dir):
-    ref_engine = _engine(tiny_model_dir, enable_prefix_caching=False)
+def test_dhd_with_full_ratio_equals_full_recompute(deep_tiny_model_dir):
+    ref_engine = _engine(deep_tiny_model_dir, enable_prefix_caching=False)
     seed, prompt = _prompts(ref_engine)
     ref = _run(ref_engine, prompt)
-    engine = _engine(tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=1.0)
+    engine = _engine(deep_tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=1.0)
     _run(engine, seed)
     out = _run(engine, prompt)
     assert engine.stats.num_reused_tokens >= 128  # both documents found at their new offsets
@@ -120,10 +120,10 @@ def test_dhd_with_full_ratio_equals_full_recompute(tiny_model_dir):
     assert engine.pool.num_free == engine.pool.num_blocks
 
 
-def test_reused_keys_are_rerotated_to_their_new_positions(tiny_model_dir):
+def test_reused_keys_are_rerotated_to_their_new_positions(deep_tiny_model_dir):
     """Layer 0's K depends only on token and position, so the copied, re-rotated K of layer 0 must
     equal a fresh computation at the new position; naive reuse keeps it."""
-    engine = _engine(tiny_model_dir, kv_reuse="naive", kv_reuse_ratio=0.0)
+    engine = _engine(deep_tiny_model_dir, kv_reuse="naive", kv_reuse_ratio=0.0)
     seed, prompt = _prompts(engine)
     _run(engine, seed)
     req = engine.make_request(prompt, GREEDY)
@@ -131,7 +131,7 @@ def test_reused_keys_are_rerotated_to_their_new_positions(tiny_model_dir):
     engine.step()
     plan = req.reuse
     assert plan is not None and plan.positions
-    fresh = _engine(tiny_model_dir, enable_prefix_caching=False)
+    fresh = _engine(deep_tiny_model_dir, enable_prefix_caching=False)
     ref = fresh.make_request(prompt, GREEDY)
     fresh.submit(ref)
     fresh.step()
@@ -144,9 +144,9 @@ def test_reused_keys_are_rerotated_to_their_new_positions(tiny_model_dir):
     assert any(p != s for p, s in zip(plan.positions, plan.src_positions))  # they did move
 
 
-def test_reuse_does_not_cross_tenants_unless_enabled(tiny_model_dir):
+def test_reuse_does_not_cross_tenants_unless_enabled(deep_tiny_model_dir):
     for cross, reused in ((False, False), (True, True)):
-        engine = _engine(tiny_model_dir, kv_reuse="dhd", kv_reuse_cross_tenant=cross)
+        engine = _engine(deep_tiny_model_dir, kv_reuse="dhd", kv_reuse_cross_tenant=cross)
         seed, prompt = _prompts(engine)
         _run(engine, seed, tenant="alice")
         _run(engine, prompt, tenant="bob")
@@ -154,8 +154,8 @@ def test_reuse_does_not_cross_tenants_unless_enabled(tiny_model_dir):
         engine.pool.check_integrity()
 
 
-def test_approximate_kv_never_serves_an_exact_prefix_hit(tiny_model_dir):
-    engine = _engine(tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.2)
+def test_approximate_kv_never_serves_an_exact_prefix_hit(deep_tiny_model_dir):
+    engine = _engine(deep_tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.2)
     seed, prompt = _prompts(engine)
     _run(engine, seed)
     _run(engine, prompt)  # reuses from position 7 on: only what precedes is exact
@@ -164,8 +164,8 @@ def test_approximate_kv_never_serves_an_exact_prefix_hit(tiny_model_dir):
     assert engine.stats.num_reuse_requests == 2  # it reused spans again instead
 
 
-def test_selective_recompute_computes_what_the_ratio_says(tiny_model_dir):
-    engine = _engine(tiny_model_dir, kv_reuse="cacheblend", kv_reuse_ratio=0.25)
+def test_selective_recompute_computes_what_the_ratio_says(deep_tiny_model_dir):
+    engine = _engine(deep_tiny_model_dir, kv_reuse="cacheblend", kv_reuse_ratio=0.25)
     seed, prompt = _prompts(engine)
     _run(engine, seed)
     _run(engine, prompt)
@@ -174,11 +174,11 @@ def test_selective_recompute_computes_what_the_ratio_says(tiny_model_dir):
     assert st.num_reuse_recomputed_tokens == new_tokens + -(-st.num_reused_tokens // 4)
 
 
-def test_decode_stage_recomputes_only_when_attention_drifts(tiny_model_dir):
+def test_decode_stage_recomputes_only_when_attention_drifts(deep_tiny_model_dir):
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     counts = {}
     for drift in (0.0, 1.01):  # never / always below the threshold
-        engine = _engine(tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.1, kv_reuse_drift=drift)
+        engine = _engine(deep_tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.1, kv_reuse_drift=drift)
         seed, prompt = _prompts(engine)
         _run(engine, seed)
         _run(engine, prompt, params=params)
@@ -269,10 +269,10 @@ def test_program_policy_composes_with_cache_aware():
         make_policy("cache-unaware")
 
 
-def test_check_layer_attention_matches_a_dense_reference(tiny_model_dir):
+def test_check_layer_attention_matches_a_dense_reference(deep_tiny_model_dir):
     """DHD's check layer takes its output and its scores from one chunked pass (Reuser._attention):
     both must equal a dense causal softmax over the same keys."""
-    engine = _engine(tiny_model_dir, kv_reuse="dhd")
+    engine = _engine(deep_tiny_model_dir, kv_reuse="dhd")
     reuser, cfg = engine.runner.reuser, engine.model_config
     n, layer = 150, 1
     g = torch.Generator().manual_seed(3)
@@ -286,12 +286,50 @@ def test_check_layer_attention_matches_a_dense_reference(tiny_model_dir):
     q_pos = torch.sort(torch.randperm(n - 1, generator=g)[:70]).values
     q_pos = torch.cat([q_pos, torch.tensor([n - 1])])  # sparse queries, the last token last
     q = torch.randn(q_pos.shape[0], cfg.num_heads, cfg.head_dim, generator=g)
-    out, received, last = reuser._attention(layer, q, q_pos, slots, chunk=16)
-    group = cfg.num_heads // cfg.num_kv_heads
-    kr, vr = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [n, H, D]
-    s = torch.einsum("mhd,nhd->hmn", q, kr) * cfg.head_dim ** -0.5
-    s.masked_fill_(torch.arange(n)[None, None, :] > q_pos[None, :, None], float("-inf"))
-    p = torch.softmax(s, dim=-1)  # [H, m, n]
-    torch.testing.assert_close(out, torch.einsum("hmn,nhd->mhd", p, vr), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(received, p.sum(dim=(0, 1)), atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(last, p[:, -1], atol=1e-6, rtol=1e-5)
+    valid = torch.rand(n, generator=g) > 0.2  # keys not written yet are left out (DHD's probe)
+    valid[0] = True  # every query sees one key at least
+    for mask in (None, valid):
+        out, received, last = reuser._attention(layer, q, q_pos, slots, chunk=16, valid=mask)
+        group = cfg.num_heads // cfg.num_kv_heads
+        kr, vr = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [n, H, D]
+        s = torch.einsum("mhd,nhd->hmn", q, kr) * cfg.head_dim ** -0.5
+        s.masked_fill_(torch.arange(n)[None, None, :] > q_pos[None, :, None], float("-inf"))
+        if mask is not None:
+            s.masked_fill_(~mask, float("-inf"))
+            assert received[~mask].abs().max() == 0
+        p = torch.softmax(s, dim=-1)  # [H, m, n]
+        torch.testing.assert_close(out, torch.einsum("hmn,nhd->mhd", p, vr), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(received, p.sum(dim=(0, 1)), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(last, p[:, -1], atol=1e-6, rtol=1e-5)
+
+
+def test_dhd_probe_reads_only_keys_already_written(deep_tiny_model_dir):
+    """DHD's tail runs ahead through the probe layers before the other new tokens (here the header
+    before the reused documents) have KV there: with the cache poisoned by NaN beforehand, the
+    selection and every K/V the prefill leaves must be those of a clean cache."""
+    caches = []
+    for poison in (False, True):
+        engine = _engine(deep_tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.25, kv_reuse_probe_layers=1)
+        if poison:
+            engine.runner.k_cache.fill_(float("nan"))
+            engine.runner.v_cache.fill_(float("nan"))
+        seed, prompt = _prompts(engine)
+        _run(engine, seed)
+        req = engine.make_request(prompt, GREEDY)
+        engine.submit(req)
+        engine.step()
+        assert req.reuse is not None and req.reuse.probe_tokens == 3  # the tail [5, 6, 7], one probe layer
+        bs = engine.config.block_size
+        rows = [(req.blocks[p // bs].block_id, p % bs) for p in range(len(prompt))]
+        caches.append(torch.stack([torch.stack([engine.runner.k_cache[:, b, :, r], engine.runner.v_cache[:, b, :, r]])
+                                   for b, r in rows]))
+    assert not caches[1].isnan().any()
+    torch.testing.assert_close(caches[1], caches[0], atol=0, rtol=0)
+
+
+def test_dhd_probe_layers_default_to_every_layer_after_the_check_layer():
+    assert ReuseOptions("dhd").probe(30) == range(2, 30)
+    assert ReuseOptions("dhd", probe_layers=6).probe(30) == range(2, 8)
+    assert ReuseOptions("dhd", check_layer=3, probe_layers=6).probe(8) == range(4, 8)
+    with pytest.raises(ValueError, match="kv_reuse_probe_layers"):
+        ReuseOptions("dhd", probe_layers=0)

@@ -254,9 +254,10 @@ def test_engine_greedy_output_is_the_same_on_both_backends(tiny_model_dir):
     assert runs["triton"][1].num_cached_tokens >= 8  # its prefill ran over cached blocks
 
 
-def test_kv_reuse_gives_the_same_tokens_on_both_backends(tiny_model_dir):
-    """DHD's selective prefill (re-rotated copy, check-layer scoring, sparse queries) and its decode
-    stage (drift 1.01: it fires every step) through the Triton backend match the torch backend."""
+def test_kv_reuse_gives_the_same_tokens_on_both_backends(deep_tiny_model_dir):
+    """DHD's selective prefill (re-rotated copy, check-layer scoring, the tail's probe, sparse
+    queries) and its decode stage (drift 1.01: it fires every step) through the Triton backend
+    match the torch backend."""
     from engine import Engine
     from engine.params import SamplingParams
 
@@ -265,7 +266,7 @@ def test_kv_reuse_gives_the_same_tokens_on_both_backends(tiny_model_dir):
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     runs = {}
     for backend in ("torch", "triton"):
-        engine = Engine(model=str(tiny_model_dir), kv_cache_tokens=4096, block_size=16, dtype="float32",
+        engine = Engine(model=str(deep_tiny_model_dir), kv_cache_tokens=4096, block_size=16, dtype="float32",
                         device=str(DEVICE), attention_backend=backend, kv_reuse="dhd", kv_reuse_ratio=0.2,
                         kv_reuse_drift=1.01)
         outs = []
