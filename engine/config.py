@@ -96,7 +96,7 @@ class EngineConfig:
     kv_reuse: str = "off"  # off | naive | cacheblend | dhd
     kv_reuse_ratio: float = 0.2  # share of reused tokens recomputed
     kv_reuse_check_layer: int = 1
-    kv_reuse_drift: float = 0.5  # dhd decode stage: cosine threshold of attention drift (0: off)
+    kv_reuse_drift: float = 0.3  # dhd decode stage: cosine threshold of attention drift (0: off)
     kv_reuse_min_span: int = 32  # shortest reused span, tokens
     kv_reuse_probe_layers: int | None = None  # dhd: layers the prompt's tail runs ahead through (None: all)
     kv_reuse_cross_tenant: bool = False  # reuse KV across tenants (their salts otherwise keep caches apart)

@@ -52,7 +52,7 @@ class ReuseOptions:
     method: str = "dhd"  # naive | cacheblend | dhd
     ratio: float = 0.2  # share of reused tokens recomputed after the check layer
     check_layer: int = 1
-    drift: float = 0.5  # decode stage: recompute when cosine(attention now, at selection) < drift; 0 = off
+    drift: float = 0.3  # decode stage: recompute when cosine(attention now, at selection) < drift; 0 = off
     decode_tokens: int = 3  # reused tokens recomputed per triggered decode step
     probe_layers: int | None = None  # dhd: layers after the check layer the prompt's tail runs ahead through; None: all
     min_span: int = 32  # shortest reused span, in tokens
@@ -255,7 +255,7 @@ class Reuser:
         in any case; at least the last token), hidden states x[tail] after the check layer, runs
         ahead through `layers` over the copied KV, before any selection. Returns the attention each
         key receives from it, summed over the tail's queries, the heads and those layers [n], and
-        the last token's attention at the last of them [H, n]. Keys not written yet (tokens without
+        the last token's attention at the decode stage's probe layer [H, n]. Keys not written yet (tokens without
         a cached value before the tail) are left out. The tail's KV written here is provisional:
         it is in the recompute set, which writes it again."""
         n = req.num_tokens
@@ -274,10 +274,12 @@ class Reuser:
             store_kv_ref(k, v, self.k_cache[i], self.v_cache[i], all_slots[tp])
             o, r, last = self._attention(i, q, tp, all_slots, valid=valid)
             received += r
+            if i == self.decode_probe_layer():
+                reference = last
             xt = layer.finish(xt, o.to(xt.dtype))
         plan.probe_tokens = len(layers) * int(tp.shape[0])
         plan.probe_keys = len(layers) * int((tp + 1).sum())
-        return received, last
+        return received, reference
 
     @torch.inference_mode()
     def prefill(self, req: Request, plan: ReusePlan, start: int) -> torch.Tensor:
