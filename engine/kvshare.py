@@ -25,8 +25,8 @@ value deviation alone and has no decode stage. Decode stage (`dhd` only, `drift`
 step the query at the last probe layer is compared with the last prompt token's attention there
 over the remaining reused tokens at selection time; when their cosine similarity falls below
 `drift`, the `decode_tokens` reused tokens the new query attends to most are recomputed (from their
-hidden states saved at layer c) and the reference distribution is reset. KV after the first reused token
-is approximate, so such blocks never enter the prefix or content index (`Request.exact_tokens`).
+hidden states saved at layer c) and the reference distribution is reset. KV after the first reused
+token is approximate, so such blocks never enter the prefix or content index (`Request.exact_tokens`).
 """
 
 from __future__ import annotations
@@ -255,9 +255,9 @@ class Reuser:
         in any case; at least the last token), hidden states x[tail] after the check layer, runs
         ahead through `layers` over the copied KV, before any selection. Returns the attention each
         key receives from it, summed over the tail's queries, the heads and those layers [n], and
-        the last token's attention at the decode stage's probe layer [H, n]. Keys not written yet (tokens without
-        a cached value before the tail) are left out. The tail's KV written here is provisional:
-        it is in the recompute set, which writes it again."""
+        the last token's attention at the decode stage's probe layer [H, n]. Keys not written yet
+        (tokens without a cached value before the tail) are left out. The tail's KV written here is
+        provisional: it is in the recompute set, which writes it again."""
         n = req.num_tokens
         tail = (pos > pos[reused[-1]]).nonzero().squeeze(1)
         xt, tp = x[tail], pos[tail]
@@ -268,13 +268,14 @@ class Reuser:
         valid[tp] = True
         cos, sin = rope_cos_sin(self.model.inv_freq, tp, xt.dtype)
         received = torch.zeros(n, device=self.device)
+        ref_layer = self.decode_probe_layer()
         for i in layers:
             layer = self.model.layers[i]
             q, k, v = layer.qkv_proj(xt, cos, sin)
             store_kv_ref(k, v, self.k_cache[i], self.v_cache[i], all_slots[tp])
             o, r, last = self._attention(i, q, tp, all_slots, valid=valid)
             received += r
-            if i == self.decode_probe_layer():
+            if i == ref_layer:
                 reference = last
             xt = layer.finish(xt, o.to(xt.dtype))
         plan.probe_tokens = len(layers) * int(tp.shape[0])
