@@ -183,7 +183,7 @@ def flop_fraction(engine: Engine, req) -> float:
     plan = req.reuse
     if plan is None or not plan.num_recomputed:
         return dense(p) / dense(0)
-    c = min(engine.runner.reuser.options.full_layers, layers)
+    c = engine.runner.reuser.options.computed_layers(layers)
     sparse = plan.num_recomputed * per_token + per_key * plan.attended_keys
     probe = plan.probe_tokens * per_token + per_key * plan.probe_keys  # dhd's tail running ahead
     return (c * dense(p) + (layers - c) * sparse + probe) / (layers * dense(0))

@@ -72,15 +72,19 @@ class ReuseOptions:
         """c: layers computed for every token."""
         return 0 if self.method == "naive" else self.check_layer + 1
 
+    def computed_layers(self, num_layers: int) -> int:
+        """c for a model of `num_layers` layers (a check layer past the last computes them all)."""
+        return min(self.full_layers, num_layers)
+
     def probe(self, num_layers: int) -> range:
         """The layers DHD's tail runs ahead through: after the check layer, `probe_layers` of them."""
-        c = min(self.full_layers, num_layers)
+        c = self.computed_layers(num_layers)
         return range(c, num_layers if self.probe_layers is None else min(c + self.probe_layers, num_layers))
 
     def reused_token_work(self, num_layers: int) -> float:
         """Share of a computed token's prefill work that a reused token costs: all of layers < c,
         `ratio` of the rest (naive: none)."""
-        c = min(self.full_layers, num_layers)
+        c = self.computed_layers(num_layers)
         return 0.0 if self.method == "naive" else (c + self.ratio * (num_layers - c)) / num_layers
 
 
@@ -202,7 +206,7 @@ class Reuser:
         only: layers < c are computed afresh for every token (the check layer reads the cached
         values from the sources themselves)."""
         dst_pos = self._tensor(plan.positions)
-        layers = range(min(self.options.full_layers, len(self.model.layers)), len(self.model.layers))
+        layers = range(self.options.computed_layers(len(self.model.layers)), len(self.model.layers))
         copy_reused_kv_(self.k_cache, self.v_cache, self._tensor(plan.src_slots), _slots(req, dst_pos, self.bs),
                         dst_pos - self._tensor(plan.src_positions), self.model.inv_freq, layers)
         plan.copied = True
@@ -264,7 +268,7 @@ class Reuser:
         all_slots = _slots(req, torch.arange(n, device=self.device), self.bs)
         valid = torch.zeros(n, dtype=torch.bool, device=self.device)
         valid[: int(pos[0])] = True  # the exact cached prefix
-        valid[self._tensor(plan.positions)] = True
+        valid[pos[reused]] = True
         valid[tp] = True
         cos, sin = rope_cos_sin(self.model.inv_freq, tp, xt.dtype)
         received = torch.zeros(n, device=self.device)
@@ -295,7 +299,7 @@ class Reuser:
         full_span = PrefillSpan(0, n - start, start, tiles if start else None)  # layers < c: every token
         reused = self._tensor(plan.positions) - start  # local indices into pos
         x = model.embed[self._tensor(req.token_ids[start:n])]
-        c = min(opts.full_layers, len(model.layers))
+        c = opts.computed_layers(len(model.layers))
         x = self._layers(x, pos, slots, full_span, range(c - 1))
         is_new = torch.ones(n - start, dtype=torch.bool, device=self.device)
         is_new[reused] = False
