@@ -99,6 +99,7 @@ class ReusePlan:
     # decode stage state, set by `prefill`
     remaining: torch.Tensor | None = None  # reused positions not recomputed (ascending)
     hidden: torch.Tensor | None = None  # their hidden states entering layer c
+    keys: torch.Tensor | None = None  # their K at the decode probe layer, float32 [KVH, D, len(remaining)]
     reference: torch.Tensor | None = None  # attention distribution over `remaining` at selection time
     num_recomputed: int = 0
     attended_keys: int = 0  # sum of (position + 1) over the recomputed queries: keys they read per layer >= c
@@ -220,22 +221,20 @@ class Reuser:
         return x
 
     def _attention(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor, slots: torch.Tensor,
-                   chunk: int = 64, output: bool = True, valid: torch.Tensor | None = None,
-                   ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+                   chunk: int = 64, valid: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Causal softmax attention of queries q [m, H, D] at ascending q_pos over the KV at `slots`
         (positions 0..n-1), in float32, in chunks of queries, each over the keys up to its last
         query: the output [m, H, D], the attention each key receives summed over queries and heads
-        [n], and the last query's attention [H, n]; keys where `valid` [n] is False are left out.
-        `output=False` skips the output (None) and the values (the decode stage's probe needs the
-        scores only)."""
+        [n], and the last query's attention [H, n]; keys where `valid` [n] is False are left out."""
         k = self._cache_rows(self.k_cache, layer, slots).float().permute(1, 2, 0)  # [KVH, D, n]
-        v = self._cache_rows(self.v_cache, layer, slots).float().transpose(0, 1) if output else None  # [KVH, n, D]
+        v = self._cache_rows(self.v_cache, layer, slots).float().transpose(0, 1)  # [KVH, n, D]
         kvh, hd, n = k.shape
         group = q.shape[1] // kvh
         qg = q.float().view(-1, kvh, group, hd).transpose(0, 1)  # [KVH, m, G, D]: a kv head's queries together
         kv_pos = torch.arange(n, device=q.device)
         received = torch.zeros(n, device=q.device)
-        out = torch.empty(q.shape[0], kvh, group, hd, device=q.device) if output else None
+        out = torch.empty(q.shape[0], kvh, group, hd, device=q.device)
         for c0 in range(0, q.shape[0], chunk):
             pos = q_pos[c0:c0 + chunk]
             mc, lo, hi = pos.shape[0], int(pos[0]), int(pos[-1]) + 1
@@ -246,12 +245,11 @@ class Reuser:
                 s.masked_fill_(~valid[:hi], float("-inf"))
             probs = torch.softmax(s, dim=-1)
             received[:hi] += probs.view(-1, hi).sum(dim=0)
-            if output:
-                o = torch.matmul(probs.view(kvh, mc * group, hi), v[:, :hi])
-                out[c0:c0 + chunk] = o.view(kvh, mc, group, hd).transpose(0, 1)
+            o = torch.matmul(probs.view(kvh, mc * group, hi), v[:, :hi])
+            out[c0:c0 + chunk] = o.view(kvh, mc, group, hd).transpose(0, 1)
         last = torch.zeros(q.shape[1], n, device=q.device)
         last[:, :hi] = probs[:, -1].reshape(q.shape[1], hi)
-        return out.view(q.shape) if output else None, received, last
+        return out.view(q.shape), received, last
 
     def _probe(self, req: Request, plan: ReusePlan, x: torch.Tensor, pos: torch.Tensor, reused: torch.Tensor,
                layers: range) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,6 +326,9 @@ class Reuser:
             rest = reused[~is_new[reused]]
             plan.remaining = rest + start
             plan.hidden = x[rest].clone()
+            # their K at the decode probe layer: copied, and never written again while they remain
+            plan.keys = self._cache_rows(self.k_cache, self.decode_probe_layer(),
+                                         slots[rest]).float().permute(1, 2, 0).contiguous()
             last = last.sum(dim=0)[plan.remaining]  # the last prompt token's attention
             plan.reference = last / last.sum().clamp_min(1e-30)
         x = x[sel]
@@ -341,6 +342,20 @@ class Reuser:
         """The layer whose decode query the decode stage compares: the last probe layer."""
         return self.options.probe(len(self.model.layers))[-1]
 
+    def _attention_to_remaining(self, req: Request, plan: ReusePlan, q: torch.Tensor) -> torch.Tensor:
+        """The attention the newest token's query q [H, D] at the decode probe layer pays each of
+        plan.remaining [R], summed over heads, each head's softmax over all the request's keys: the
+        remaining ones from `plan.keys`, the others (exact prefix, recomputed, new and generated
+        tokens) read from the cache. Keeping the remaining keys spares a gather of the whole
+        context per step."""
+        other = torch.ones(req.num_tokens, dtype=torch.bool, device=self.device)
+        other[plan.remaining] = False  # called right after the forward: every token has its KV in the cache
+        k = self._cache_rows(self.k_cache, self.decode_probe_layer(), _slots(req, other.nonzero().squeeze(1), self.bs))
+        kvh, hd, r = plan.keys.shape
+        qg = q.float().view(kvh, -1, hd) * hd ** -0.5  # [KVH, G, D]: a kv head's query heads together
+        s = torch.cat([torch.matmul(qg, plan.keys), torch.matmul(qg, k.float().permute(1, 2, 0))], dim=-1)
+        return torch.softmax(s, dim=-1)[..., :r].sum(dim=(0, 1))
+
     @torch.inference_mode()
     def after_decode(self, req: Request, q: torch.Tensor) -> int:
         """Decode stage for one request: q [H, D] is its newest token's query at the last probe layer.
@@ -348,23 +363,20 @@ class Reuser:
         plan, opts = req.reuse, self.options
         if plan is None or plan.remaining is None or plan.remaining.numel() == 0:
             return 0
-        layer = self.decode_probe_layer()
-        n = req.num_tokens  # called right after the forward: every token has its KV in the cache
-        all_slots = _slots(req, torch.arange(n, device=self.device), self.bs)
-        probs = self._attention(layer, q[None], self._tensor([n - 1]), all_slots, output=False)[1]
-        now = probs[plan.remaining]
+        now = self._attention_to_remaining(req, plan, q)
         now = now / now.sum().clamp_min(1e-30)
         if torch.nn.functional.cosine_similarity(now, plan.reference, dim=0) >= opts.drift:
             return 0
         pick = torch.topk(now, min(opts.decode_tokens, now.shape[0])).indices.sort().values
         q_pos = plan.remaining[pick]
+        n = req.num_tokens
         tiles = self._tiles(req, n)
         span = PrefillSpan(0, q_pos.shape[0], n, tiles, q_pos=q_pos)
         self._layers(plan.hidden[pick], q_pos, _slots(req, q_pos, self.bs), span,
                      range(opts.full_layers, len(self.model.layers)))
         keep = torch.ones(plan.remaining.shape[0], dtype=torch.bool, device=self.device)
         keep[pick] = False
-        plan.remaining, plan.hidden = plan.remaining[keep], plan.hidden[keep]
+        plan.remaining, plan.hidden, plan.keys = plan.remaining[keep], plan.hidden[keep], plan.keys[..., keep]
         ref = now[keep]
         plan.reference = ref / ref.sum().clamp_min(1e-30)
         plan.num_decode_recomputed += int(pick.shape[0])

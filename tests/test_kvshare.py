@@ -188,6 +188,30 @@ def test_decode_stage_recomputes_only_when_attention_drifts(deep_tiny_model_dir)
     assert counts[1.01] == 3 * 11  # 3 tokens after each of the 11 decode steps
 
 
+
+def test_decode_stage_attention_matches_a_dense_pass_over_the_cache(deep_tiny_model_dir):
+    """The decode stage keeps the remaining reused tokens' keys at its probe layer instead of
+    gathering the context every step: after recomputes (drift 1.01: every step), the kept keys must
+    still be the cache's, and the attention they give must be a dense pass's over all the keys."""
+    engine = _engine(deep_tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.25, kv_reuse_drift=1.01)
+    reuser = engine.runner.reuser
+    seed, prompt = _prompts(engine)
+    _run(engine, seed)
+    req = engine.make_request(prompt, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    engine.submit(req)
+    for _ in range(4):  # the prefill, then three decode steps (each recomputing 3 tokens)
+        engine.step()
+    plan, layer, n, bs = req.reuse, reuser.decode_probe_layer(), req.num_tokens, reuser.bs
+    assert plan.num_decode_recomputed == 9 and plan.keys.shape[-1] == plan.remaining.shape[0]
+    rows = torch.stack([engine.runner.k_cache[layer, req.blocks[p // bs].block_id, :, p % bs]
+                        for p in plan.remaining.tolist()])  # [R, KVH, D]
+    torch.testing.assert_close(plan.keys, rows.permute(1, 2, 0), atol=0, rtol=0)
+    cfg = engine.model_config
+    q = torch.randn(cfg.num_heads, cfg.head_dim, generator=torch.Generator().manual_seed(5))
+    slots = torch.tensor([req.blocks[p // bs].block_id * bs + p % bs for p in range(n)])
+    dense = reuser._attention(layer, q[None], torch.tensor([n - 1]), slots)[1][plan.remaining]
+    torch.testing.assert_close(reuser._attention_to_remaining(req, plan, q), dense, atol=1e-6, rtol=1e-5)
+
 # ---- the cache-aware policy ----------------------------------------------------------------------
 
 def test_cache_aware_policy_serves_the_least_prefill_work_first():
