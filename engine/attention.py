@@ -51,6 +51,18 @@ class AttentionMetadata:
     probe_layer: int = -1
 
 
+@dataclass(slots=True)
+class JoiningRows:
+    """Rows that join a step's forward at `layer` with hidden states of their own, appended after the
+    step's tokens (KVShare's decode-stage recompute, which starts past the check layer): from that
+    layer on, the backend reads `meta`, the step's metadata with their slots and spans added."""
+
+    layer: int
+    hidden: torch.Tensor  # [k, hidden_size]
+    positions: torch.Tensor  # [k]
+    meta: AttentionMetadata
+
+
 class AttentionBackend:
     """Interface: the model calls `forward(layer, q, k, v)` with this step's flat q/k/v."""
 

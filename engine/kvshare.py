@@ -25,18 +25,21 @@ value deviation alone and has no decode stage. Decode stage (`dhd` only, `drift`
 step the query at the last probe layer is compared with the last prompt token's attention there
 over the remaining reused tokens at selection time; when their cosine similarity falls below
 `drift`, the `decode_tokens` reused tokens the new query attends to most are recomputed (from their
-hidden states saved at layer c) and the reference distribution is reset. KV after the first reused
+hidden states saved at layer c) and the reference distribution is reset. The recompute rides in the
+next step's forward (`joining_rows`), whose weight reads it shares: on its own it would cost a
+decode step's worth of them; the next token reads the refreshed KV either way. KV after the first reused
 token is approximate, so such blocks never enter the prefix or content index (`Request.exact_tokens`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
-from engine.attention import AttentionBackend, AttentionMetadata, PrefillSpan
+from engine.attention import AttentionBackend, AttentionMetadata, JoiningRows, PrefillSpan
 from engine.block_pool import Block
 from engine.kv_manager import KVCacheManager
 from engine.model import LlamaModel, rope_cos_sin
@@ -101,6 +104,7 @@ class ReusePlan:
     hidden: torch.Tensor | None = None  # their hidden states entering layer c
     keys: torch.Tensor | None = None  # their K at the decode probe layer, float32 [KVH, D, len(remaining)]
     reference: torch.Tensor | None = None  # attention distribution over `remaining` at selection time
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, hidden) to recompute next step
     num_recomputed: int = 0
     attended_keys: int = 0  # sum of (position + 1) over the recomputed queries: keys they read per layer >= c
     probe_tokens: int = 0  # tail tokens x probe layers (dhd's weighting pass)
@@ -357,28 +361,41 @@ class Reuser:
         return torch.softmax(s, dim=-1)[..., :r].sum(dim=(0, 1))
 
     @torch.inference_mode()
-    def after_decode(self, req: Request, q: torch.Tensor) -> int:
+    def after_decode(self, req: Request, q: torch.Tensor) -> None:
         """Decode stage for one request: q [H, D] is its newest token's query at the last probe layer.
-        Recomputes a few reused tokens when attention has drifted; returns how many."""
+        When attention has drifted, picks a few reused tokens for the next step to recompute."""
         plan, opts = req.reuse, self.options
         if plan is None or plan.remaining is None or plan.remaining.numel() == 0:
-            return 0
+            return
         now = self._attention_to_remaining(req, plan, q)
         now = now / now.sum().clamp_min(1e-30)
         if torch.nn.functional.cosine_similarity(now, plan.reference, dim=0) >= opts.drift:
-            return 0
+            return
         pick = torch.topk(now, min(opts.decode_tokens, now.shape[0])).indices.sort().values
-        q_pos = plan.remaining[pick]
-        n = req.num_tokens
-        tiles = self._tiles(req, n)
-        span = PrefillSpan(0, q_pos.shape[0], n, tiles, q_pos=q_pos)
-        self._layers(plan.hidden[pick], q_pos, _slots(req, q_pos, self.bs), span,
-                     range(opts.full_layers, len(self.model.layers)))
+        plan.pending = (plan.remaining[pick], plan.hidden[pick])  # the runner consumes it in the request's next step
         keep = torch.ones(plan.remaining.shape[0], dtype=torch.bool, device=self.device)
         keep[pick] = False
         plan.remaining, plan.hidden, plan.keys = plan.remaining[keep], plan.hidden[keep], plan.keys[..., keep]
         ref = now[keep]
         plan.reference = ref / ref.sum().clamp_min(1e-30)
-        plan.num_decode_recomputed += int(pick.shape[0])
         plan.decode_triggers += 1
-        return int(pick.shape[0])
+
+    def joining_rows(self, reqs: list[Request], meta: AttentionMetadata, flat: int) -> JoiningRows:
+        """The pending decode-stage recomputes of `reqs` (each decoding in this step, whose batch has
+        `flat` tokens and metadata `meta`) as rows joining its forward at layer c: sparse queries at
+        their own positions over each request's KV, this step's token included."""
+        hidden, positions, slots, spans = [], [], [], []
+        for req in reqs:
+            plan = req.reuse
+            q_pos, h = plan.pending
+            plan.pending = None
+            ctx = req.num_computed_tokens + 1  # the KV this step leaves
+            spans.append(PrefillSpan(flat, flat + q_pos.shape[0], ctx, self._tiles(req, ctx), q_pos=q_pos))
+            flat += q_pos.shape[0]
+            hidden.append(h)
+            positions.append(q_pos)
+            slots.append(_slots(req, q_pos, self.bs))
+            plan.num_decode_recomputed += int(q_pos.shape[0])
+        meta = dataclasses.replace(meta, slot_mapping=torch.cat([meta.slot_mapping, *slots]),
+                                   prefills=meta.prefills + spans)
+        return JoiningRows(self.options.full_layers, torch.cat(hidden), torch.cat(positions), meta)

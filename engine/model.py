@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import AttentionBackend
+from engine.attention import AttentionBackend, JoiningRows
 from engine.config import ModelConfig
 from kernels import fused
 from kernels.fused import rms_norm_ref as rms_norm
@@ -143,11 +143,17 @@ class LlamaModel(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, logits_indices: torch.Tensor,
-                attn: AttentionBackend) -> torch.Tensor:
-        """Returns float32 logits for the tokens at `logits_indices` only (the ones that sample)."""
+                attn: AttentionBackend, joining: JoiningRows | None = None) -> torch.Tensor:
+        """Returns float32 logits for the tokens at `logits_indices` only (the ones that sample);
+        `joining` rows enter at their layer, after the tokens, and give no logits."""
         x = F.embedding(token_ids, self.embed)
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         for layer in self.layers:
+            if joining is not None and layer.index == joining.layer:
+                x = torch.cat([x, joining.hidden.to(x.dtype)])
+                jc, js = rope_cos_sin(self.inv_freq, joining.positions, x.dtype)
+                cos, sin = torch.cat([cos, jc]), torch.cat([sin, js])
+                attn.begin_step(joining.meta)
             x = layer(x, cos, sin, attn)
         return self.logits(x.index_select(0, logits_indices))
 

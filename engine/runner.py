@@ -4,8 +4,9 @@ It owns the model, the KV cache tensors and the attention backend. Per step it b
 token/position arrays, the slot mapping and the attention metadata (decodes batched, prefill
 spans listed), and the indices of the tokens whose logits are needed (each request's last
 scheduled token, when that token completes the request's known tokens). A request admitted with a
-KVShare reuse plan is prefilled on its own by `engine.kvshare.Reuser` after the batched forward,
-whose queries at the check layer also feed the decode stage of requests that hold reused KV.
+KVShare reuse plan is prefilled on its own by `engine.kvshare.Reuser` after the batched forward.
+Requests that hold reused KV have their newest query at the decode probe layer kept for KVShare's
+decode stage, and the reused tokens it picked last step join this step's forward past the check layer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-from engine.attention import AttentionMetadata, PrefillSpan, make_attention_backend
+from engine.attention import AttentionMetadata, JoiningRows, PrefillSpan, make_attention_backend
 from engine.config import ModelConfig
 from engine.cuda_graphs import make_decode_graphs
 from engine.kvshare import ReuseOptions, Reuser
@@ -49,11 +50,11 @@ class ModelRunner:
         return torch.tensor(data, dtype=torch.int64, device=self.device)
 
     def _forward(self, meta: AttentionMetadata, tokens: list[int], positions: list[int],
-                 logits_idx: list[int]) -> torch.Tensor:
+                 logits_idx: list[int], joining: JoiningRows | None) -> torch.Tensor:
         token_ids, pos, idx = self._tensor(tokens), self._tensor(positions), self._tensor(logits_idx)
-        if self.graphs is not None and self.graphs.can_run(meta):
+        if self.graphs is not None and joining is None and self.graphs.can_run(meta):
             return self.graphs.run(token_ids, pos, meta).index_select(0, idx)
-        return self.model(token_ids, pos, idx, self.attn)
+        return self.model(token_ids, pos, idx, self.attn, joining)
 
     def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
         """Runs one forward pass; returns logits [k, vocab] and the k requests they belong to."""
@@ -70,6 +71,7 @@ class ModelRunner:
         reusing: list[Request] = []
         probed: list[Request] = []
         probe_idx: list[int] = []
+        joining: list[Request] = []
         for req, n in zip(reqs, num_new):
             start = req.num_computed_tokens
             flat = len(tokens)
@@ -81,6 +83,8 @@ class ModelRunner:
                 if req.reuse is not None and req.reuse.remaining is not None:
                     probed.append(req)
                     probe_idx.append(flat)
+                    if req.reuse.pending is not None:
+                        joining.append(req)
                 tokens.append(req.token_ids[start])
                 positions.append(start)
                 slots.append(ids[start // bs] * bs + start % bs)
@@ -108,15 +112,18 @@ class ModelRunner:
         if probed:
             meta.probe_idx = self._tensor(probe_idx)
             meta.probe_layer = self.reuser.decode_probe_layer()
+        join = self.reuser.joining_rows(joining, meta, len(tokens)) if joining else None
         t0 = time.perf_counter()
         logits = torch.empty(0)
         if tokens:
             self.attn.begin_step(meta)
             with torch.inference_mode():
-                logits = self._forward(meta, tokens, positions, logits_idx)
+                logits = self._forward(meta, tokens, positions, logits_idx, join)
+        if join is not None:
+            self.num_decode_recomputed += join.positions.shape[0]
         probe_q = self.attn.probe_q
-        for i, req in enumerate(probed):
-            self.num_decode_recomputed += self.reuser.after_decode(req, probe_q[i])
+        for req, q in zip(probed, probe_q if probed else ()):
+            self.reuser.after_decode(req, q)
         if reusing:
             rows = [self.reuser.prefill(req, req.reuse, req.num_computed_tokens) for req in reusing]
             logits = torch.cat([logits.view(-1, rows[0].shape[1]), *rows]) if tokens else torch.cat(rows)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine import Engine
+from engine.attention import PrefillSpan
 from engine.block_pool import BlockPool
 from engine.kv_manager import KVCacheManager
 from engine.kvshare import ReuseOptions, plan_reuse
@@ -185,7 +186,9 @@ def test_decode_stage_recomputes_only_when_attention_drifts(deep_tiny_model_dir)
         counts[drift] = engine.runner.num_decode_recomputed
         engine.pool.check_integrity()
     assert counts[0.0] == 0
-    assert counts[1.01] == 3 * 11  # 3 tokens after each of the 11 decode steps
+    # 3 tokens picked after each of the 11 decode steps and recomputed in the next step's forward:
+    # the last step's pick goes with the finished request
+    assert counts[1.01] == 3 * 10
 
 
 
@@ -199,10 +202,11 @@ def test_decode_stage_attention_matches_a_dense_pass_over_the_cache(deep_tiny_mo
     _run(engine, seed)
     req = engine.make_request(prompt, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     engine.submit(req)
-    for _ in range(4):  # the prefill, then three decode steps (each recomputing 3 tokens)
+    for _ in range(4):  # the prefill, then three decode steps (each picking 3 tokens for the next)
         engine.step()
     plan, layer, n, bs = req.reuse, reuser.decode_probe_layer(), req.num_tokens, reuser.bs
-    assert plan.num_decode_recomputed == 9 and plan.keys.shape[-1] == plan.remaining.shape[0]
+    assert plan.num_decode_recomputed == 6 and plan.pending[0].shape[0] == 3
+    assert plan.keys.shape[-1] == plan.remaining.shape[0]
     rows = torch.stack([engine.runner.k_cache[layer, req.blocks[p // bs].block_id, :, p % bs]
                         for p in plan.remaining.tolist()])  # [R, KVH, D]
     torch.testing.assert_close(plan.keys, rows.permute(1, 2, 0), atol=0, rtol=0)
@@ -211,6 +215,36 @@ def test_decode_stage_attention_matches_a_dense_pass_over_the_cache(deep_tiny_mo
     slots = torch.tensor([req.blocks[p // bs].block_id * bs + p % bs for p in range(n)])
     dense = reuser._attention(layer, q[None], torch.tensor([n - 1]), slots)[1][plan.remaining]
     torch.testing.assert_close(reuser._attention_to_remaining(req, plan, q), dense, atol=1e-6, rtol=1e-5)
+
+
+def test_decode_stage_recompute_in_the_next_forward_equals_a_pass_of_its_own(deep_tiny_model_dir):
+    """The reused tokens a decode step picks join the next step's forward past the check layer; the
+    K/V they leave must be what a separate pass over the same cache computes for them."""
+    engine = _engine(deep_tiny_model_dir, kv_reuse="dhd", kv_reuse_ratio=0.25, kv_reuse_drift=1.01)
+    reuser, runner = engine.runner.reuser, engine.runner
+    seed, prompt = _prompts(engine)
+    _run(engine, seed)
+    req = engine.make_request(prompt, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    engine.submit(req)
+    engine.step()  # the prefill
+    engine.step()  # a decode step: picks 3 reused tokens
+    q_pos, hidden = req.reuse.pending
+    old = runner.k_cache.clone()
+    engine.step()  # they join this step
+    assert req.reuse.pending is not None and not torch.equal(req.reuse.pending[0], q_pos)  # the next pick
+    bs, c, layers = reuser.bs, reuser.options.full_layers, len(reuser.model.layers)
+    slots = torch.tensor([req.blocks[p // bs].block_id * bs + p % bs for p in q_pos.tolist()])
+    folded = [reuser._cache_rows(cache, i, slots).clone() for cache in (runner.k_cache, runner.v_cache)
+              for i in range(c, layers)]
+    assert not torch.equal(folded[0], reuser._cache_rows(old, c, slots))  # they were rewritten
+    ctx = req.num_computed_tokens
+    span = PrefillSpan(0, q_pos.shape[0], ctx, reuser._tiles(req, ctx), q_pos=q_pos)
+    with torch.inference_mode():
+        reuser._layers(hidden, q_pos, slots, span, range(c, layers))
+    alone = [reuser._cache_rows(cache, i, slots) for cache in (runner.k_cache, runner.v_cache)
+             for i in range(c, layers)]
+    for a, b in zip(folded, alone):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 # ---- the cache-aware policy ----------------------------------------------------------------------
 
