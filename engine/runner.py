@@ -122,8 +122,8 @@ class ModelRunner:
         if join is not None:
             self.num_decode_recomputed += join.positions.shape[0]
         probe_q = self.attn.probe_q
-        for req, q in zip(probed, probe_q if probed else ()):
-            self.reuser.after_decode(req, q)
+        for i, req in enumerate(probed):
+            self.reuser.after_decode(req, probe_q[i])
         if reusing:
             rows = [self.reuser.prefill(req, req.reuse, req.num_computed_tokens) for req in reusing]
             logits = torch.cat([logits.view(-1, rows[0].shape[1]), *rows]) if tokens else torch.cat(rows)
