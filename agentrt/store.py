@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql import Select
 
@@ -132,9 +133,25 @@ def open_db(db: str):
         def _pragmas(conn, _record):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+    _create_schema(eng)
+    return eng
+
+
+def _create_schema(eng) -> None:
+    """Creates missing tables and columns. Another process may open the same new database at once
+    (a report or the dashboard reading a run that is starting): what it creates between our check
+    and our CREATE fails ours with "already exists" (or "duplicate column"), and checking again
+    skips it; each retry follows one more table or column the other side made."""
+    for _ in range(2 * len(Base.metadata.sorted_tables) + 2):
+        try:
+            Base.metadata.create_all(eng)
+            _add_missing_columns(eng)
+            return
+        except OperationalError as e:
+            if "already exists" not in str(e) and "duplicate column" not in str(e):
+                raise
     Base.metadata.create_all(eng)
     _add_missing_columns(eng)
-    return eng
 
 
 def _add_missing_columns(eng) -> None:

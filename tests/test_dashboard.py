@@ -161,6 +161,32 @@ def test_tenants_see_only_their_programs(runs):
         assert httpx.get(url + "/api/runs", headers={"X-API-Key": "key-a"}).json()[0]["id"] == a
 
 
+def test_opening_a_database_another_process_is_creating(tmp_path):
+    """A reader (report, dashboard) may open a run's database while the run creates it: here the
+    other side creates every table between our existence check and our first CREATE."""
+    from sqlalchemy import event, inspect
+
+    from agentrt.store import Base, Run
+
+    db = str(tmp_path / "new.db")
+    raced = []
+
+    def other_process_creates_the_schema(target, connection, **kw):
+        if not raced:
+            raced.append(True)
+            open_db(db).dispose()
+
+    event.listen(Run.__table__, "before_create", other_process_creates_the_schema)
+    try:
+        eng = open_db(db)
+    finally:
+        event.remove(Run.__table__, "before_create", other_process_creates_the_schema)
+    assert raced
+    assert {t.name for t in Base.metadata.sorted_tables} <= set(inspect(eng).get_table_names())
+    assert read_rows(eng, Run) == []
+    eng.dispose()
+
+
 def test_a_database_from_before_the_dashboard_columns_stays_readable(tmp_path):
     import sqlite3
 
