@@ -27,15 +27,15 @@ over the remaining reused tokens at selection time; when their cosine similarity
 `drift`, the `decode_tokens` reused tokens the new query attends to most are recomputed (from their
 hidden states saved at layer c) and the reference distribution is reset. The recompute rides in the
 next step's forward (`joining_rows`), whose weight reads it shares: on its own it would cost a
-decode step's worth of them; the next token reads the refreshed KV either way. KV after the first reused
-token is approximate, so such blocks never enter the prefix or content index (`Request.exact_tokens`).
+decode step's worth of them; the next token reads the refreshed KV either way. KV after the first
+reused token is approximate, so such blocks never enter the prefix or content index
+(`Request.exact_tokens`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -396,6 +396,6 @@ class Reuser:
             positions.append(q_pos)
             slots.append(_slots(req, q_pos, self.bs))
             plan.num_decode_recomputed += int(q_pos.shape[0])
-        meta = dataclasses.replace(meta, slot_mapping=torch.cat([meta.slot_mapping, *slots]),
-                                   prefills=meta.prefills + spans)
-        return JoiningRows(self.options.full_layers, torch.cat(hidden), torch.cat(positions), meta)
+        meta = replace(meta, slot_mapping=torch.cat([meta.slot_mapping, *slots]), prefills=meta.prefills + spans)
+        c = self.options.computed_layers(len(self.model.layers))
+        return JoiningRows(c, torch.cat(hidden), torch.cat(positions), meta)
