@@ -55,7 +55,8 @@ class AttentionMetadata:
 class JoiningRows:
     """Rows that join a step's forward at `layer` with hidden states of their own, appended after the
     step's tokens (KVShare's decode-stage recompute, which starts past the check layer): from that
-    layer on, the backend reads `meta`, the step's metadata with their slots and spans added."""
+    layer on, the backend reads `meta`, the step's metadata with their slots added and each of them
+    as one more decode entry (a query at its own position, keys up to it)."""
 
     layer: int
     hidden: torch.Tensor  # [k, hidden_size]
