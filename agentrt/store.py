@@ -142,16 +142,16 @@ def _create_schema(eng) -> None:
     (a report or the dashboard reading a run that is starting): what it creates between our check
     and our CREATE fails ours with "already exists" (or "duplicate column"), and checking again
     skips it; each retry follows one more table or column the other side made."""
-    for _ in range(2 * len(Base.metadata.sorted_tables) + 2):
+    tries = 2 * len(Base.metadata.sorted_tables) + 3
+    for attempt in range(tries):
         try:
             Base.metadata.create_all(eng)
             _add_missing_columns(eng)
             return
         except OperationalError as e:
-            if "already exists" not in str(e) and "duplicate column" not in str(e):
+            raced = "already exists" in str(e) or "duplicate column" in str(e)
+            if not raced or attempt == tries - 1:
                 raise
-    Base.metadata.create_all(eng)
-    _add_missing_columns(eng)
 
 
 def _add_missing_columns(eng) -> None:
