@@ -109,8 +109,6 @@ class ReusePlan:
     attended_keys: int = 0  # sum of (position + 1) over the recomputed queries: keys they read per layer >= c
     probe_tokens: int = 0  # tail tokens x probe layers (dhd's weighting pass)
     probe_keys: int = 0  # keys the tail's queries read in all probe layers
-    num_decode_recomputed: int = 0
-    decode_triggers: int = 0
     copied: bool = False
 
 
@@ -378,7 +376,6 @@ class Reuser:
         plan.remaining, plan.hidden, plan.keys = plan.remaining[keep], plan.hidden[keep], plan.keys[..., keep]
         ref = now[keep]
         plan.reference = ref / ref.sum().clamp_min(1e-30)
-        plan.decode_triggers += 1
 
     def joining_rows(self, reqs: list[Request], rows: list[int], meta: AttentionMetadata, flat: int) -> JoiningRows:
         """The pending decode-stage recomputes of `reqs` (each decoding in this step, as decode row
@@ -395,7 +392,6 @@ class Reuser:
             positions.append(q_pos)
             slots.append(_slots(req, q_pos, self.bs))
             tables.append(meta.decode_block_tables[row].expand(q_pos.shape[0], -1))
-            plan.num_decode_recomputed += int(q_pos.shape[0])
         positions = torch.cat(positions)
         idx = torch.arange(flat, flat + positions.shape[0], device=self.device)
         meta = replace(meta, slot_mapping=torch.cat([meta.slot_mapping, *slots]),

@@ -205,7 +205,7 @@ def test_decode_stage_attention_matches_a_dense_pass_over_the_cache(deep_tiny_mo
     for _ in range(4):  # the prefill, then three decode steps (each picking 3 tokens for the next)
         engine.step()
     plan, layer, n, bs = req.reuse, reuser.decode_probe_layer(), req.num_tokens, reuser.bs
-    assert plan.num_decode_recomputed == 6 and plan.pending[0].shape[0] == 3
+    assert engine.runner.num_decode_recomputed == 6 and plan.pending[0].shape[0] == 3
     assert plan.keys.shape[-1] == plan.remaining.shape[0]
     rows = torch.stack([engine.runner.k_cache[layer, req.blocks[p // bs].block_id, :, p % bs]
                         for p in plan.remaining.tolist()])  # [R, KVH, D]
