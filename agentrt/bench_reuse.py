@@ -24,6 +24,8 @@ counted in tokens; `predicted_flops_ttft_s` counts FLOPs instead (`flop_fraction
 token's attention still reads every key before it), request by request.
 Decode stage: the same requests into two dhd-20 engines, one with the decode stage and one without,
 side by side, the roles alternating (TPOT overhead).
+Probe precision: likewise into two dhd-10 engines, the probe in the dtype `auto` picks (bfloat16 on
+a CPU with bfloat16 matmuls) in one and in the model's (float32) in the other (TTFT).
 Scheduling: a Poisson stream of requests with mixed hit rates and lengths (1..K cached documents, as
 they are or with their words shuffled) into a dhd-20 engine under `fcfs` and under `cache-aware`:
 mean, p95 and max TTFT.
@@ -142,36 +144,76 @@ def run_method(name: str, workload: dict, max_tokens: int, model: str | None = N
             "num_layers": engine.model_config.num_layers}
 
 
+def _side_by_side(workload: dict, max_tokens: int, engines: list[Engine], switch) -> list[tuple]:
+    """Each request into both of two engines seeded alike, a feature on in one and off in the other
+    (`switch(engine, on)` sets it); returns (output on, output off) per request. Which engine has it
+    on and which goes first both alternate (request i: on in engine i % 2, engine (i // 2) % 2
+    first): on this machine the first of a pair runs slower, and one of two identical engines ran
+    4.7% slower than the other throughout (an A/A run of the decode stage, off in both), so neither
+    may stay with one side."""
+    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    pairs = []
+    for i, (tenant, text) in enumerate(workload["requests"]):
+        on, first = i % 2, (i // 2) % 2
+        outs = {}
+        for k in (first, 1 - first):
+            engine = engines[k]
+            switch(engine, k == on)
+            engine.add_request(_chat(engine, text), sp, request_id=f"s{i}", hint=ProgramHint(tenant=tenant))
+            (outs[k == on],) = _drain(engine)
+        pairs.append((outs[True], outs[False]))
+    return pairs
+
+
+def _paired_change(pairs: list[tuple], metric) -> tuple[float, float, float]:
+    """The mean of `metric` without the feature, with it (that plus the mean paired difference), and
+    their relative difference."""
+    off = statistics.mean(metric(b) for _, b in pairs)
+    diff = statistics.mean(metric(a) - metric(b) for a, b in pairs)
+    return off, off + diff, diff / off
+
+
+def _tpot(out) -> float:
+    m = out.metrics
+    return (m.finish_time - m.first_token_time) / max(1, len(out.token_ids) - 1)
+
+
+def _ttft(out) -> float:
+    return out.metrics.first_token_time - out.metrics.arrival_time
+
+
 def run_decode_stage(workload: dict, max_tokens: int, model: str | None = None, kv_cache_tokens: int = 65536) -> dict:
-    """TPOT of dhd-20 with its decode stage (the default drift) and without (drift 0), side by side:
-    two engines seeded alike, each request sent to both, one with the stage on and one with it
-    off. Which engine has it on and which goes first both alternate (request i: on in engine i % 2,
-    engine (i // 2) % 2 first): on this machine the first of a pair runs slower, and one of two
-    identical engines ran 4.7% slower than the other throughout (an A/A run with the stage off in
-    both), so neither may stay with one side. The overhead is the mean paired difference over the
-    mean TPOT without."""
+    """TPOT of dhd-20 with its decode stage (the default drift) and without (drift 0), side by side
+    (`_side_by_side`). The overhead is the mean paired difference over the mean TPOT without."""
     drift = ReuseOptions().drift
     engines = [_seeded_engine(workload, model, kv_cache_tokens, kv_reuse="dhd", kv_reuse_ratio=0.2)
                for _ in range(2)]
-    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    tpot: dict[str, list[float]] = {"on": [], "off": []}
-    recomputed = 0
-    for i, (tenant, text) in enumerate(workload["requests"]):
-        on, first = i % 2, (i // 2) % 2
-        for k in (first, 1 - first):
-            engine = engines[k]
-            engine.runner.reuser.options.drift = drift if k == on else 0.0
-            before = engine.runner.num_decode_recomputed
-            engine.add_request(_chat(engine, text), sp, request_id=f"d{i}", hint=ProgramHint(tenant=tenant))
-            (out,) = _drain(engine)
-            recomputed += engine.runner.num_decode_recomputed - before
-            m = out.metrics
-            tpot_s = (m.finish_time - m.first_token_time) / max(1, len(out.token_ids) - 1)
-            tpot["on" if k == on else "off"].append(tpot_s)
-    off = statistics.mean(tpot["off"])
-    diff = statistics.mean(a - b for a, b in zip(tpot["on"], tpot["off"]))
-    return {"drift": drift, "requests": len(tpot["on"]), "tpot_on_s": off + diff, "tpot_off_s": off,
-            "overhead": diff / off, "decode_recomputed_tokens": recomputed}
+
+    def switch(engine: Engine, on: bool) -> None:
+        engine.runner.reuser.options.drift = drift if on else 0.0
+
+    pairs = _side_by_side(workload, max_tokens, engines, switch)
+    off, on, overhead = _paired_change(pairs, _tpot)
+    return {"drift": drift, "requests": len(pairs), "tpot_on_s": on, "tpot_off_s": off, "overhead": overhead,
+            "decode_recomputed_tokens": sum(e.runner.num_decode_recomputed for e in engines)}
+
+
+def run_probe_precision(workload: dict, model: str | None = None, kv_cache_tokens: int = 65536) -> dict | None:
+    """TTFT of dhd-10 with its probe (the tail's run-ahead) in the dtype `auto` picks and in the
+    model's own, side by side (`_side_by_side`); None where `auto` picks the model's."""
+    engines = [_seeded_engine(workload, model, kv_cache_tokens, kv_reuse="dhd", kv_reuse_ratio=0.1)
+               for _ in range(2)]
+    low = engines[0].runner.reuser.probe_dtype
+    if low == engines[0].dtype:
+        return None
+
+    def switch(engine: Engine, on: bool) -> None:
+        engine.runner.reuser.probe_dtype = low if on else engine.dtype
+
+    pairs = _side_by_side(workload, 1, engines, switch)
+    model_s, low_s, change = _paired_change(pairs, _ttft)
+    return {"dtype": str(low).removeprefix("torch."), "requests": len(pairs), "ttft_s": low_s,
+            "ttft_model_dtype_s": model_s, "change": change}
 
 
 def flop_fraction(engine: Engine, req) -> float:
@@ -285,13 +327,22 @@ def predicted_fraction(method: str, hit: float, layers: int) -> float | None:
     return (1 - hit) + hit * ReuseOptions(opts["kv_reuse"], opts["kv_reuse_ratio"]).reused_token_work(layers)
 
 
+SECTIONS = ("methods", "decode-stage", "probe-precision", "scheduling")
+
+
+def _sections(args) -> set[str]:
+    """The parts of the bench to run: those named by --only-X, else all but those named by --no-X."""
+    only = {s for s in SECTIONS if getattr(args, "only_" + s.replace("-", "_"), False)}
+    return only or {s for s in SECTIONS if not getattr(args, "no_" + s.replace("-", "_"), False)}
+
+
 def main(args) -> dict:
     docs = load_documents(Path(args.corpus))
     work = build_workload(docs, args.requests, args.docs, seed=args.seed)
     work["batch"] = build_workload(docs, args.requests, args.docs, seed=args.seed + 1)["requests"]
     runs, report = {}, {"methods": {}}
-    only = args.only_scheduling or args.only_decode_stage
-    for name in [] if only else args.method or list(METHODS):
+    sections = _sections(args)
+    for name in (args.method or list(METHODS)) if "methods" in sections else []:
         t0 = time.perf_counter()
         runs[name] = run_method(name, work, args.max_tokens, args.model, args.kv_cache_tokens)
         print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -317,9 +368,11 @@ def main(args) -> dict:
         row["decode_recomputed_tokens"] = run["decode_recomputed"]
         report["methods"][name] = row
     report["hit_rate"] = hit
-    if args.only_decode_stage or not (args.only_scheduling or args.no_decode_stage):
+    if "decode-stage" in sections:
         report["decode_stage"] = run_decode_stage(work, args.max_tokens, args.model, args.kv_cache_tokens)
-    if not (args.no_scheduling or args.only_decode_stage):
+    if "probe-precision" in sections:
+        report["probe_precision"] = run_probe_precision(work, args.model, args.kv_cache_tokens)
+    if "scheduling" in sections:
         streams = {p: [] for p in ("fcfs", "cache-aware")}
         for i in range(args.sched_repeat):  # a new stream (mix and arrival times) each time, both policies
             for p in streams:
@@ -352,6 +405,12 @@ def format_table(report: dict) -> str:
         lines.append(f"decode stage (dhd-20, drift {d['drift']}): TPOT {d['tpot_on_s'] * 1e3:.1f} ms vs "
                      f"{d['tpot_off_s'] * 1e3:.1f} ms without, {d['overhead']:+.1%} "
                      f"({d['decode_recomputed_tokens']} tokens recomputed over {d['requests']} requests)")
+    if "probe_precision" in report:
+        p = report["probe_precision"]
+        lines.append("dhd-10 probe: runs in the model's dtype here (no faster one)" if p is None else
+                     f"dhd-10 probe in {p['dtype']}: TTFT {p['ttft_s'] * 1e3:.0f} ms vs "
+                     f"{p['ttft_model_dtype_s'] * 1e3:.0f} ms in the model's dtype, {p['change']:+.1%} "
+                     f"(side by side over {p['requests']} requests)")
     for policy, m in report.get("scheduling", {}).items():
         lines.append(f"{len(m['streams'])} streams of {m['requests']:.0f} warm and cold requests at "
                      f"{m['rate_per_s']}/s, {policy:<12} mean TTFT "
@@ -380,4 +439,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-decode-stage", action="store_true", help="skip the decode stage's TPOT comparison")
     ap.add_argument("--only-decode-stage", action="store_true",
                     help="run only the decode stage's TPOT comparison (dhd-20 with and without it)")
+    ap.add_argument("--no-probe-precision", action="store_true",
+                    help="skip the TTFT comparison of dhd-10's probe in low precision and in the model's")
+    ap.add_argument("--only-probe-precision", action="store_true",
+                    help="run only the TTFT comparison of dhd-10's probe in low precision and in the model's")
     ap.add_argument("--json", help="write the figures here")

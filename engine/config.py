@@ -99,6 +99,7 @@ class EngineConfig:
     kv_reuse_drift: float = 0.3  # dhd decode stage: cosine threshold of attention drift (0: off)
     kv_reuse_min_span: int = 32  # shortest reused span, tokens
     kv_reuse_probe_layers: int | None = None  # dhd: layers the prompt's tail runs ahead through (None: all)
+    kv_reuse_probe_dtype: str = "auto"  # dhd: the run-ahead's precision (engine.kvshare.probe_precision)
     kv_reuse_cross_tenant: bool = False  # reuse KV across tenants (their salts otherwise keep caches apart)
 
     def validate(self) -> None:

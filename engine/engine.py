@@ -92,7 +92,8 @@ class Engine:
         self.pool = BlockPool(num_blocks, cfg.enable_prefix_caching)
         self.reuse = None if cfg.kv_reuse == "off" else ReuseOptions(
             cfg.kv_reuse, cfg.kv_reuse_ratio, cfg.kv_reuse_check_layer, cfg.kv_reuse_drift,
-            min_span=cfg.kv_reuse_min_span, probe_layers=cfg.kv_reuse_probe_layers)
+            min_span=cfg.kv_reuse_min_span, probe_layers=cfg.kv_reuse_probe_layers,
+            probe_dtype=cfg.kv_reuse_probe_dtype)
         scope = None if self.reuse is None else "global" if cfg.kv_reuse_cross_tenant else "tenant"
         self.kv = KVCacheManager(self.pool, bs, scope)
         self.pins = PinManager(self.pool)

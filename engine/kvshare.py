@@ -34,20 +34,42 @@ reused token is approximate, so such blocks never enter the prefix or content in
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
 from engine.attention import AttentionBackend, AttentionMetadata, JoiningRows, PrefillSpan
 from engine.block_pool import Block
 from engine.kv_manager import KVCacheManager
-from engine.model import LlamaModel, rope_cos_sin
+from engine.model import DecoderLayer, LlamaModel, rope_cos_sin
 from engine.request import Request
 from kernels.kv_copy import copy_reused_kv_
 from kernels.kv_store import store_kv_ref
 
 METHODS = ("naive", "cacheblend", "dhd")
+PROBE_DTYPES = ("auto", "model", "bfloat16", "float16", "float32")
+
+
+def probe_precision(name: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype DHD's run-ahead computes in. Its output only weights the selection (it never enters
+    the KV that is kept, nor the logits), so `auto` takes bfloat16 wherever bfloat16 matmuls are
+    fast: a CUDA device, or a CPU whose oneDNN has bfloat16 kernels (on this project's AVX512-BF16
+    EPYC, the tail's matmuls run 3-4x faster than in float32); else the model's dtype."""
+    if name == "model":
+        return model_dtype
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        fast = torch.cuda.is_bf16_supported()
+    else:
+        try:
+            fast = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        except (AttributeError, RuntimeError):
+            fast = False
+    return torch.bfloat16 if fast else model_dtype
 
 
 @dataclass(slots=True)
@@ -59,6 +81,7 @@ class ReuseOptions:
     decode_tokens: int = 3  # reused tokens recomputed per triggered decode step
     probe_layers: int | None = None  # dhd: layers after the check layer the prompt's tail runs ahead through; None: all
     min_span: int = 32  # shortest reused span, in tokens
+    probe_dtype: str = "auto"  # dhd: precision of the tail's run-ahead (see probe_precision)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -69,6 +92,8 @@ class ReuseOptions:
             raise ValueError(f"kv_reuse_check_layer must be >= 0, got {self.check_layer}")
         if self.probe_layers is not None and self.probe_layers < 1:
             raise ValueError(f"kv_reuse_probe_layers must be >= 1 (or None: all), got {self.probe_layers}")
+        if self.probe_dtype not in PROBE_DTYPES:
+            raise ValueError(f"kv_reuse_probe_dtype must be one of {PROBE_DTYPES}, got {self.probe_dtype!r}")
 
     @property
     def full_layers(self) -> int:
@@ -179,6 +204,14 @@ def plan_reuse(kv: KVCacheManager, req: Request, start: int, min_span: int) -> R
                      [b.position + r for _, b, r in keep], sources)
 
 
+def _copy_in(layer: DecoderLayer, dtype: torch.dtype) -> DecoderLayer:
+    """A copy of `layer` with its weights in `dtype`, computing through F.linear (the model's oneDNN
+    linear is float32 only)."""
+    low = copy.deepcopy(layer).to(dtype)
+    low.linear = F.linear
+    return low
+
+
 def _slots(req: Request, positions: torch.Tensor, bs: int) -> torch.Tensor:
     ids = torch.tensor([b.block_id for b in req.blocks], dtype=torch.int64, device=positions.device)
     return ids[positions // bs] * bs + positions % bs
@@ -191,6 +224,13 @@ class Reuser:
         self.model, self.attn, self.options, self.device = model, attn, options, device
         self.k_cache, self.v_cache = attn.k_cache, attn.v_cache
         self.bs = attn.block_size
+        # the dtype DHD's probe computes in; the probe layers in it are made once here (in bfloat16,
+        # half a float32 layer's memory each), none when it is the model's own. Setting probe_dtype
+        # back to the model's makes the probe use the model's layers (the bench compares the two).
+        self.probe_dtype = probe_precision(options.probe_dtype, model.embed.dtype, device)
+        low = options.method == "dhd" and self.probe_dtype != model.embed.dtype
+        self._probe_copies = {i: _copy_in(model.layers[i], self.probe_dtype)
+                              for i in (options.probe(len(model.layers)) if low else ())}
 
     def _tensor(self, data) -> torch.Tensor:
         return torch.tensor(data, dtype=torch.int64, device=self.device)
@@ -226,28 +266,29 @@ class Reuser:
                    chunk: int = 64, valid: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Causal softmax attention of queries q [m, H, D] at ascending q_pos over the KV at `slots`
-        (positions 0..n-1), in float32, in chunks of queries, each over the keys up to its last
-        query: the output [m, H, D], the attention each key receives summed over queries and heads
-        [n], and the last query's attention [H, n]; keys where `valid` [n] is False are left out."""
-        k = self._cache_rows(self.k_cache, layer, slots).float().permute(1, 2, 0)  # [KVH, D, n]
-        v = self._cache_rows(self.v_cache, layer, slots).float().transpose(0, 1)  # [KVH, n, D]
+        (positions 0..n-1), matmuls in q's dtype and softmax in float32, in chunks of queries, each
+        over the keys up to its last query: the output [m, H, D] (q's dtype), the attention each key
+        receives summed over queries and heads [n], and the last query's attention [H, n] (float32);
+        keys where `valid` [n] is False are left out."""
+        dt = q.dtype
+        k = self._cache_rows(self.k_cache, layer, slots).to(dt).permute(1, 2, 0)  # [KVH, D, n]
+        v = self._cache_rows(self.v_cache, layer, slots).to(dt).transpose(0, 1)  # [KVH, n, D]
         kvh, hd, n = k.shape
         group = q.shape[1] // kvh
-        qg = q.float().view(-1, kvh, group, hd).transpose(0, 1)  # [KVH, m, G, D]: a kv head's queries together
+        qg = (q * hd ** -0.5).view(-1, kvh, group, hd).transpose(0, 1)  # [KVH, m, G, D]: a kv head's queries together
         kv_pos = torch.arange(n, device=q.device)
         received = torch.zeros(n, device=q.device)
-        out = torch.empty(q.shape[0], kvh, group, hd, device=q.device)
+        out = torch.empty(q.shape[0], kvh, group, hd, dtype=dt, device=q.device)
         for c0 in range(0, q.shape[0], chunk):
             pos = q_pos[c0:c0 + chunk]
             mc, lo, hi = pos.shape[0], int(pos[0]), int(pos[-1]) + 1
-            s = torch.matmul(qg[:, c0:c0 + chunk].reshape(kvh, mc * group, hd), k[:, :, :hi])
-            s = s.mul_(hd ** -0.5).view(kvh, mc, group, hi)
+            s = torch.matmul(qg[:, c0:c0 + chunk].reshape(kvh, mc * group, hd), k[:, :, :hi]).view(kvh, mc, group, hi)
             s[..., lo:].masked_fill_((kv_pos[lo:hi] > pos[:, None])[None, :, None, :], float("-inf"))
             if valid is not None:
                 s.masked_fill_(~valid[:hi], float("-inf"))
-            probs = torch.softmax(s, dim=-1)
+            probs = torch.softmax(s, dim=-1, dtype=torch.float32)
             received[:hi] += probs.view(-1, hi).sum(dim=0)
-            o = torch.matmul(probs.view(kvh, mc * group, hi), v[:, :hi])
+            o = torch.matmul(probs.view(kvh, mc * group, hi).to(dt), v[:, :hi])
             out[c0:c0 + chunk] = o.view(kvh, mc, group, hd).transpose(0, 1)
         last = torch.zeros(q.shape[1], n, device=q.device)
         last[:, :hi] = probs[:, -1].reshape(q.shape[1], hi)
@@ -261,10 +302,10 @@ class Reuser:
         key receives from it, summed over the tail's queries, the heads and those layers [n], and
         the last token's attention at the decode stage's probe layer [H, n]. Keys not written yet
         (tokens without a cached value before the tail) are left out. The tail's KV written here is
-        provisional: it is in the recompute set, which writes it again."""
+        provisional: it is in the recompute set, which writes it again. It computes in `probe_dtype`."""
         n = req.num_tokens
         tail = (pos > pos[reused[-1]]).nonzero().squeeze(1)
-        xt, tp = x[tail], pos[tail]
+        xt, tp = x[tail].to(self.probe_dtype), pos[tail]
         all_slots = _slots(req, torch.arange(n, device=self.device), self.bs)
         valid = torch.zeros(n, dtype=torch.bool, device=self.device)
         valid[: int(pos[0])] = True  # the exact cached prefix
@@ -274,14 +315,14 @@ class Reuser:
         received = torch.zeros(n, device=self.device)
         ref_layer = self.decode_probe_layer()
         for i in layers:
-            layer = self.model.layers[i]
+            layer = self.model.layers[i] if self.probe_dtype == self.model.embed.dtype else self._probe_copies[i]
             q, k, v = layer.qkv_proj(xt, cos, sin)
             store_kv_ref(k, v, self.k_cache[i], self.v_cache[i], all_slots[tp])
             o, r, last = self._attention(i, q, tp, all_slots, valid=valid)
             received += r
             if i == ref_layer:
                 reference = last
-            xt = layer.finish(xt, o.to(xt.dtype))
+            xt = layer.finish(xt, o)
         plan.probe_tokens = len(layers) * int(tp.shape[0])
         plan.probe_keys = len(layers) * int((tp + 1).sum())
         return received, reference

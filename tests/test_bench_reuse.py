@@ -7,8 +7,10 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from agentrt import bench_reuse
+from engine.kvshare import probe_precision
 from engine.tiny import make_tiny_model
 
 DOCS = [  # short real-looking tool outputs: the tiny model's context is 2,048 tokens
@@ -47,3 +49,19 @@ def test_bench_reuse_json_and_predictions(tmp_path):
     stage = report["decode_stage"]  # dhd-20 with and without its decode stage, side by side
     assert stage["requests"] == 2 and stage["tpot_on_s"] > 0 and stage["tpot_off_s"] > 0
     assert stage["overhead"] == pytest.approx(stage["tpot_on_s"] / stage["tpot_off_s"] - 1)
+    probe = report["probe_precision"]  # dhd-10's probe in bfloat16 and in float32, side by side
+    if probe is None:  # `auto` keeps float32 on a CPU without bfloat16 matmuls
+        assert probe_precision("auto", torch.float32, torch.device("cpu")) == torch.float32
+    else:
+        assert probe["dtype"] == "bfloat16" and probe["requests"] == 2
+        assert probe["change"] == pytest.approx(probe["ttft_s"] / probe["ttft_model_dtype_s"] - 1)
+
+
+def test_bench_reuse_runs_the_sections_asked_for():
+    ap = argparse.ArgumentParser()
+    bench_reuse.add_arguments(ap)
+    assert bench_reuse._sections(ap.parse_args([])) == set(bench_reuse.SECTIONS)
+    assert bench_reuse._sections(ap.parse_args(["--no-scheduling", "--no-probe-precision"])) == {
+        "methods", "decode-stage"}
+    assert bench_reuse._sections(ap.parse_args(["--only-probe-precision", "--no-decode-stage"])) == {
+        "probe-precision"}
