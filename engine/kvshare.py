@@ -39,12 +39,11 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from engine.attention import AttentionBackend, AttentionMetadata, JoiningRows, PrefillSpan
 from engine.block_pool import Block
 from engine.kv_manager import KVCacheManager
-from engine.model import DecoderLayer, LlamaModel, rope_cos_sin
+from engine.model import LlamaModel, rope_cos_sin
 from engine.request import Request
 from kernels.kv_copy import copy_reused_kv_
 from kernels.kv_store import store_kv_ref
@@ -57,7 +56,8 @@ def probe_precision(name: str, model_dtype: torch.dtype, device: torch.device) -
     """The dtype DHD's run-ahead computes in. Its output only weights the selection (it never enters
     the KV that is kept, nor the logits), so `auto` takes bfloat16 wherever bfloat16 matmuls are
     fast: a CUDA device, or a CPU whose oneDNN has bfloat16 kernels (on this project's AVX512-BF16
-    EPYC, the tail's matmuls run 3-4x faster than in float32); else the model's dtype."""
+    EPYC, ~1.8x for the tail's linear layers and ~3x for its attention's matmuls against float32);
+    else the model's dtype."""
     if name == "model":
         return model_dtype
     if name != "auto":
@@ -204,14 +204,6 @@ def plan_reuse(kv: KVCacheManager, req: Request, start: int, min_span: int) -> R
                      [b.position + r for _, b, r in keep], sources)
 
 
-def _copy_in(layer: DecoderLayer, dtype: torch.dtype) -> DecoderLayer:
-    """A copy of `layer` with its weights in `dtype`, computing through F.linear (the model's oneDNN
-    linear is float32 only)."""
-    low = copy.deepcopy(layer).to(dtype)
-    low.linear = F.linear
-    return low
-
-
 def _slots(req: Request, positions: torch.Tensor, bs: int) -> torch.Tensor:
     ids = torch.tensor([b.block_id for b in req.blocks], dtype=torch.int64, device=positions.device)
     return ids[positions // bs] * bs + positions % bs
@@ -229,7 +221,7 @@ class Reuser:
         # back to the model's makes the probe use the model's layers (the bench compares the two).
         self.probe_dtype = probe_precision(options.probe_dtype, model.embed.dtype, device)
         low = options.method == "dhd" and self.probe_dtype != model.embed.dtype
-        self._probe_copies = {i: _copy_in(model.layers[i], self.probe_dtype)
+        self._probe_copies = {i: copy.deepcopy(model.layers[i]).to(self.probe_dtype)
                               for i in (options.probe(len(model.layers)) if low else ())}
 
     def _tensor(self, data) -> torch.Tensor:
