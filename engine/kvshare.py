@@ -410,14 +410,15 @@ class Reuser:
         ref = now[keep]
         plan.reference = ref / ref.sum().clamp_min(1e-30)
 
-    def joining_rows(self, reqs: list[Request], rows: list[int], meta: AttentionMetadata, flat: int) -> JoiningRows:
-        """The pending decode-stage recomputes of `reqs` (each decoding in this step, as decode row
-        `rows[i]` of `meta`, whose batch has `flat` tokens) as rows joining its forward at layer c.
+    def joining_rows(self, joining: list[tuple[Request, int]], meta: AttentionMetadata, flat: int) -> JoiningRows:
+        """The pending decode-stage recomputes of the `joining` requests (each decoding in this step,
+        as the decode row of `meta` it comes with; the batch has `flat` tokens) as rows joining its
+        forward at layer c.
         Each is one more decode entry, a query at its own position over its request's blocks, keys
         up to it: the backend's decode path reads them in place (the C kernel on a CPU), where a
         prefill span would gather the request's whole KV in every layer (+13 ms a step measured)."""
         hidden, positions, slots, tables = [], [], [], []
-        for req, row in zip(reqs, rows):
+        for req, row in joining:
             plan = req.reuse
             q_pos, h = plan.pending
             plan.pending = None

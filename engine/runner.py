@@ -71,8 +71,7 @@ class ModelRunner:
         reusing: list[Request] = []
         probed: list[Request] = []
         probe_idx: list[int] = []
-        joining: list[Request] = []
-        joining_rows: list[int] = []  # their decode rows
+        joining: list[tuple[Request, int]] = []  # requests with a pending decode-stage recompute, and their decode rows
         for req, n in zip(reqs, num_new):
             start = req.num_computed_tokens
             flat = len(tokens)
@@ -85,8 +84,7 @@ class ModelRunner:
                     probed.append(req)
                     probe_idx.append(flat)
                     if req.reuse.pending is not None:
-                        joining.append(req)
-                        joining_rows.append(len(dec_idx))
+                        joining.append((req, len(dec_idx)))
                 tokens.append(req.token_ids[start])
                 positions.append(start)
                 slots.append(ids[start // bs] * bs + start % bs)
@@ -114,7 +112,7 @@ class ModelRunner:
         if probed:
             meta.probe_idx = self._tensor(probe_idx)
             meta.probe_layer = self.reuser.decode_probe_layer()
-        join = self.reuser.joining_rows(joining, joining_rows, meta, len(tokens)) if joining else None
+        join = self.reuser.joining_rows(joining, meta, len(tokens)) if joining else None
         t0 = time.perf_counter()
         logits = torch.empty(0)
         if tokens:

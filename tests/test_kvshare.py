@@ -191,7 +191,6 @@ def test_decode_stage_recomputes_only_when_attention_drifts(deep_tiny_model_dir)
     assert counts[1.01] == 3 * 10
 
 
-
 def test_decode_stage_attention_matches_a_dense_pass_over_the_cache(deep_tiny_model_dir):
     """The decode stage keeps the remaining reused tokens' keys at its probe layer instead of
     gathering the context every step: after recomputes (drift 1.01: every step), the kept keys must
