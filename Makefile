@@ -28,10 +28,11 @@ run: install
 	$(PY) -m agentrt run examples/explore_repo.py --programs 6 --db artifacts/main.db
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -ra
 
 bench: install
-	$(PY) -m engine.bench --json bench.json
+	$(PY) -m benchmarks.engine_speed --json bench.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

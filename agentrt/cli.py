@@ -1,14 +1,16 @@
 """`agentrt` command line: `run` agent programs, `report` a run's JCT, `serve` the OpenAI-compatible API.
 
-    agentrt run AGENT.py [--programs N] [--rate R] [--backend embedded|openai --base-url URL ...] [--db URL]
+    agentrt run AGENT.py [--preset P] [--programs N] [--rate R] [--backend embedded|openai --base-url URL ...] [--db URL]
     agentrt report [--db URL] [--run ID] [--json] [--html OUT] [--png DIR [--compare ID]]
     agentrt dashboard [--db URL] [--host 127.0.0.1] [--port 8050] [--tenant-keys FILE]
     agentrt bfcl [--category base|long_context|miss_func|miss_param] [--limit N] [--oracle] [--tool-delay D] [--json OUT]
     agentrt swe --instances FILE.jsonl [--workdir DIR] [--step-limit N] [--predictions OUT]
-    agentrt serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
-    agentrt bench jct --traces DIR [--programs N] [--rate R] [--policy P ...] [--kv-blocks K] [--json OUT]
-    agentrt sim --traces DIR [--programs N] --rate R [--rate R2 ...] [--policy P ...] [--hardware H] [--json OUT] [--png OUT]
-    agentrt bench reuse [--requests N] [--docs K] [--method M ...] [--json OUT]
+    agentrt serve [--preset P] [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    agentrt sim --traces DIR [--programs N] --rate R [--rate R2 ...] [--preset P ...] [--hardware H] [--json OUT] [--png OUT]
+
+Presets (agentrt/presets.py) name the serving configuration: fcfs, program, continuum-fixed,
+continuum, agentrt (the default), agentrt-fixed. Benchmarks are not part of the CLI: run them from a
+clone with `python -m benchmarks.NAME` (docs/benchmarks.md).
 
 AGENT.py defines `async def agent(ctx, task)` and optionally `tasks` (a list, or a function of the
 number of programs returning one) and `RUNTIME`, a dict of `Runtime` options (tools, tool_format,
@@ -50,14 +52,14 @@ def _tasks(module, n: int | None) -> list:
 
 
 def make_backend(args):
-    """The backend named by --backend/--base-url/--model/--api-key."""
+    """The backend named by --backend/--base-url/--model/--api-key (and --preset, where the command has one)."""
     from agentrt.backends import EmbeddedBackend, OpenAIBackend
 
     if args.backend == "openai":
         if not args.base_url:
             raise SystemExit("agentrt: --backend openai needs --base-url (repeat it for several servers)")
         return OpenAIBackend(args.base_url, model=args.model, api_key=args.api_key)
-    return EmbeddedBackend(model=args.model)
+    return EmbeddedBackend(model=args.model, preset=getattr(args, "preset", None))
 
 
 def add_backend_arguments(ap: argparse.ArgumentParser) -> None:
@@ -65,6 +67,13 @@ def add_backend_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--base-url", action="append", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     ap.add_argument("--model", help="model directory (embedded) or served model name (openai)")
     ap.add_argument("--api-key", help="API key for --backend openai")
+
+
+def add_preset_argument(ap: argparse.ArgumentParser, what: str) -> None:
+    from agentrt.presets import DEFAULT_PRESET, PRESETS
+
+    ap.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                    help=f"serving preset ({what}); default: {DEFAULT_PRESET}")
 
 
 def cmd_run(args) -> int:
@@ -120,7 +129,7 @@ def cmd_serve(args) -> int:
     if args.kv_cache_tokens:
         options["kv_cache_tokens"] = args.kv_cache_tokens
     run_server(model=args.model, host=args.host, port=args.port, api_key=args.api_key,
-               served_model_name=args.served_model_name, **options)
+               served_model_name=args.served_model_name, preset=args.preset, **options)
     return 0
 
 
@@ -157,18 +166,26 @@ def cmd_sim(args) -> int:
     return 0
 
 
-def cmd_bench_jct(args) -> int:
-    from agentrt.bench_jct import main as bench_jct
+def add_sim_arguments(ap: argparse.ArgumentParser) -> None:
+    from agentrt.presets import PRESETS
 
-    bench_jct(args)
-    return 0
-
-
-def cmd_bench_reuse(args) -> int:
-    from agentrt.bench_reuse import main as bench_reuse
-
-    bench_reuse(args)
-    return 0
+    ap.add_argument("--traces", required=True, help="directory of recorded sessions (*.jsonl)")
+    ap.add_argument("--programs", type=int, help="programs per run (default: one per session; more cycle them)")
+    ap.add_argument("--rate", type=float, action="append", required=True,
+                    help="Poisson arrivals, programs per second; repeat for a JCT-vs-rate curve")
+    ap.add_argument("--preset", dest="policy", action="append", choices=list(PRESETS),
+                    help="repeatable; default: all")
+    ap.add_argument("--hardware", default="cpu-smollm2", help="cpu-smollm2 (calibrated on this machine kind) or "
+                    "h100-llama8b (roofline); see engine/sim.py")
+    ap.add_argument("--kv-blocks", type=int, help="KV pool size in 16-token blocks (default: the hardware's)")
+    ap.add_argument("--max-num-seqs", type=int, help="default: the hardware's")
+    for flag in ("scale", "max-output-tokens", "max-turns", "max-context-tokens"):
+        ap.add_argument(f"--{flag}", type=float if flag == "scale" else int,
+                        help="replay scaling (agentrt/replay.py); default: the hardware's workload")
+    ap.add_argument("--tool-time-scale", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--png", help="draw mean JCT against rate here")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--programs", type=int, help="number of programs (default: one per task)")
     run.add_argument("--rate", type=float, help="Poisson arrivals, programs per second (default: all at once)")
     run.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
+    add_preset_argument(run, "embedded backend: engine options and KV retention policy")
     add_backend_arguments(run)
     run.add_argument("--db", default="agentrt.db", help="SQLAlchemy URL or SQLite file (default: agentrt.db)")
     run.add_argument("--max-turns", type=int)
@@ -205,18 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--tenant-keys", metavar="FILE",
                       help='JSON {"API key": "tenant"}: each key sees only its tenant\'s programs')
     dash.set_defaults(func=cmd_dashboard)
-
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    jct = bench.add_parser("jct", help="replay recorded agent sessions under each serving policy")
-    from agentrt.bench_jct import add_arguments
-
-    add_arguments(jct)
-    jct.set_defaults(func=cmd_bench_jct)
-    reuse = bench.add_parser("reuse", help="KV reuse beyond exact prefixes (KVShare/DHD): TTFT and quality")
-    from agentrt.bench_reuse import add_arguments as add_reuse_arguments
-
-    add_reuse_arguments(reuse)
-    reuse.set_defaults(func=cmd_bench_reuse)
 
     bfcl = sub.add_parser("bfcl", help="BFCL v4 multi-turn entries against BFCL's own tools, scored by its checker")
     bfcl.add_argument("--category", action="append", choices=["base", "long_context", "miss_func", "miss_param"],
@@ -251,12 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     swe.set_defaults(func=cmd_swe)
 
     simulate = sub.add_parser("sim", help="replay recorded sessions on the simulated engine (virtual time), JCT vs rate")
-    from agentrt.sim import add_arguments as add_sim_arguments
-
     add_sim_arguments(simulate)
     simulate.set_defaults(func=cmd_sim)
 
     srv = sub.add_parser("serve", help="OpenAI-compatible server over the embedded engine")
+    add_preset_argument(srv, "engine options and the KV retention policy the server runs")
     srv.add_argument("--model", help="model directory or .gguf (default: SmolLM2-135M-Instruct)")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)

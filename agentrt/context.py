@@ -137,14 +137,15 @@ class Context:
         return reply
 
     def _retention_callback(self, fmt: str, prefill: str | None, call: ToolCall | None) -> Callable:
-        def ttl_s(out) -> float:  # runs in the engine thread when the turn ends
+        def ttl_s(out, snapshot) -> float:  # runs in the engine thread when the turn ends
             nonlocal call
             if call is None and fmt in toolcalls.FORMATS:
                 calls, _ = toolcalls.parse(fmt, (prefill or "") + out.text)
                 call = calls[0] if calls else None
             if call is None:
                 return 0.0
-            decision = self.retention.ttl_for(self.program_id, call, len(out.prompt_token_ids) + len(out.token_ids))
+            decision = self.retention.ttl_for(self.program_id, call, len(out.prompt_token_ids) + len(out.token_ids),
+                                              snapshot)
             self._decision = (call, decision)
             return decision.ttl_s
         return ttl_s

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import anyio
 
+from toolpredict.features import ToolCallRecord
+
 from agentrt.tools import Tool
 from agentrt.types import ToolCall
 
@@ -115,6 +117,13 @@ def load_sessions(traces: str | Path, tokenizer, *, scale: float = 0.1, min_segm
             turns[-1].pause_s = 0.0
             sessions.append(ReplaySession(sid, rows[0]["_source"], turns))
     return sessions
+
+
+def replay_prior(sessions: list[ReplaySession]) -> list[ToolCallRecord]:
+    """The sessions' tool calls with their pauses as durations: what a deployment would have seen
+    before (load the sessions with another seed to draw the durations independently of the run's)."""
+    return [ToolCallRecord("bash", {"command": t.command or "true"}, t.pause_s, s.session_id, i)
+            for s in sessions for i, t in enumerate(s.turns[:-1])]
 
 
 class ReplayTool(Tool):

@@ -26,6 +26,33 @@ def percentile(values: list[float], q: float) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def run_figures(result, wall_s: float, snapshot=None) -> dict:
+    """A run's program-level figures (a `RunResult`): mean / p50 / p95 JCT, makespan, programs per
+    minute; with the engine's final `EngineSnapshot`, also its pins, hits, recomputed prefill tokens
+    and preemptions. The JCT benchmark and the simulator report these keys."""
+    jcts = [p.jct_s for p in result.programs if p.status == "finished"]
+    out = {
+        "programs": len(result.programs), "finished": len(jcts),
+        "failed": [p.error for p in result.programs if p.status != "finished"][:3],
+        "mean_jct_s": statistics.mean(jcts) if jcts else None,
+        "p50_jct_s": percentile(jcts, 50), "p95_jct_s": percentile(jcts, 95),
+        "makespan_s": result.makespan_s,
+        "programs_per_min": 60 * len(jcts) / result.makespan_s if result.makespan_s else None,
+        "wall_s": wall_s,
+    }
+    if snapshot is not None:
+        s = snapshot
+        out.update({
+            "pins": s.num_pins, "pin_hits": s.num_pin_hits, "pin_hit_rate": s.num_pin_hits / s.num_pins if s.num_pins else None,
+            "pin_expiries": s.num_pin_expiries, "pin_forced_releases": s.num_pin_forced_releases,
+            "pinned_block_seconds": s.pinned_block_seconds,
+            "recomputed_prefill_tokens": s.num_recomputed_prefill_tokens,
+            "prefix_hit_tokens": s.num_prefix_hit_tokens, "prompt_tokens": s.num_prompt_tokens,
+            "preemptions": s.num_preemptions,
+        })
+    return out
+
+
 def run_report(db: str, run_id: str | None = None) -> dict:
     eng = open_db(db)
     try:

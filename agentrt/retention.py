@@ -1,10 +1,11 @@
 """Between-turn KV retention for the runtime: predict a tool call's duration, turn it into a TTL.
 
 When a program's non-final turn ends, the engine asks the request's retention callback how long to
-pin the program's KV. `Retention.ttl_for` answers from the tool call that follows (named by the
-agent, or parsed from the reply), the program's own earlier tool durations, and the engine's
-figures: T (queueing delay of turns whose KV was not held), η (memoryfulness of finished programs'
-turn counts) and reload(r) (time to re-prefill this context). Finished tool calls feed the
+pin the program's KV, handing it the finished output and an `EngineSnapshot` (the engine's only
+interface here). `Retention.ttl_for` answers from the tool call that follows (named by the agent, or
+parsed from the reply), the program's own earlier tool durations, and the snapshot's figures: T
+(queueing delay of turns whose KV was not held) and reload(r) (time to re-prefill this context), with
+η (memoryfulness of finished programs' turn counts) from the runtime. Finished tool calls feed the
 predictor online (`observe`, a runtime tool hook). The callback runs in the engine's worker thread
 while the event loop may be updating the predictor, hence the lock.
 """
@@ -20,7 +21,7 @@ from toolpredict.ttl import TTLAdvisor, TTLContext, TTLDecision, make_advisor, m
 from agentrt.types import ToolCall, ToolResult
 
 if TYPE_CHECKING:
-    from engine import Engine
+    from engine.snapshot import EngineSnapshot
 
 
 class Retention:
@@ -28,10 +29,9 @@ class Retention:
     is (at least `min_pressure`), not at a flat rate: holding blocks nobody else needs costs nothing,
     so with room to spare pins run longer. Maximizing P(τ)·B − λ·τ is maximizing P(τ)·(B/λ) − τ."""
 
-    def __init__(self, advisor: TTLAdvisor | str, engine: "Engine", default_queue_delay_s: float = 0.0,
+    def __init__(self, advisor: TTLAdvisor | str, default_queue_delay_s: float = 0.0,
                  pressure_aware: bool = False, min_pressure: float = 0.1):
         self.advisor = make_advisor(advisor) if isinstance(advisor, str) else advisor
-        self.engine = engine
         self.default_queue_delay_s = default_queue_delay_s
         self.pressure_aware, self.min_pressure = pressure_aware, min_pressure
         self.histories: dict[str, list[ToolCallRecord]] = {}
@@ -43,22 +43,20 @@ class Retention:
     def policy_name(self) -> str:
         return self.advisor.policy.name
 
-    def context(self, context_tokens: int) -> TTLContext:
-        e = self.engine
-        queue = e.queue_delay_s if e.queue_delay_s is not None else self.default_queue_delay_s
+    def context(self, context_tokens: int, snapshot: "EngineSnapshot") -> TTLContext:
+        queue = snapshot.queue_delay_s if snapshot.queue_delay_s is not None else self.default_queue_delay_s
         if self._eta is None:  # O(finished programs): once per finish, not once per decision
             self._eta = memoryfulness(self.turn_counts)
-        eta, reload = self._eta, e.reload_time_s(context_tokens)
+        eta, reload = self._eta, snapshot.reload_time_s(context_tokens)
         if self.pressure_aware:
-            used = 1.0 - e.pool.num_free / e.pool.num_blocks
-            scale = 1.0 / max(used, self.min_pressure)
+            scale = 1.0 / max(snapshot.kv_usage, self.min_pressure)
             queue, reload = queue * scale, reload * scale
         return TTLContext(queue_delay_s=queue, eta=eta, reload_s=reload)
 
-    def ttl_for(self, program_id: str, call: ToolCall, context_tokens: int) -> TTLDecision:
+    def ttl_for(self, program_id: str, call: ToolCall, context_tokens: int, snapshot: "EngineSnapshot") -> TTLDecision:
         with self._lock:
             history = list(self.histories.get(program_id, ()))
-            return self.advisor.decide(call.name, call.arguments, history, self.context(context_tokens))
+            return self.advisor.decide(call.name, call.arguments, history, self.context(context_tokens, snapshot))
 
     def observe(self, program_id: str, result: ToolResult) -> None:
         history = self.histories.setdefault(program_id, [])

@@ -91,6 +91,8 @@ class Runtime:
         self.tools = list(tools)
         self.tool_format, self.max_turns, self.time_limit_s = tool_format, max_turns, time_limit_s
         self.sampling, self.tenant, self.tool_hooks = sampling, tenant, list(tool_hooks)
+        if retention is None and getattr(backend, "preset", None) is not None:
+            retention = backend.preset.retention()  # the backend's preset names the retention policy
         self.retention = retention
         if retention is not None:  # finished tool calls teach the duration predictor online
             self.tool_hooks.append(lambda ctx, result: retention.observe(ctx.program_id, result))
@@ -124,6 +126,7 @@ class Runtime:
                                     "config": {"programs": len(tasks), "rate": rate, "max_turns": self.max_turns,
                                                "time_limit_s": self.time_limit_s, "tool_format": self.tool_format,
                                                "retention": self.retention.policy_name if self.retention else None,
+                                               "preset": getattr(getattr(self.backend, "preset", None), "name", None),
                                                "tenant": self.tenant}})
         offsets = poisson_arrivals(len(tasks), rate, seed)
         bar = _progress(len(tasks)) if self.progress else None

@@ -1,13 +1,16 @@
 """OpenAI-compatible HTTP server over the embedded engine (`engine.AsyncEngine`); all web code lives here.
 
-    run_server(model="path/to/model", port=8000, kv_cache_tokens=65536)   # blocking
+    run_server(model="path/to/model", port=8000, preset="agentrt", kv_cache_tokens=65536)   # blocking
     app = create_app(AsyncEngine(EngineConfig(model=...)), "my-model")     # ASGI app for tests/embedding
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both streaming as SSE or not),
 GET /v1/models, GET /health, GET /metrics (Prometheus text). Tools in chat are rendered into the
 system prompt in the hermes format and parsed back into OpenAI `tool_calls`. Program hints
 (`program_id`/`job_id`, `turn`, `is_last_turn`/`is_last_step`, `tenant`) ride as extra body fields,
-or as X-Agentrt-Program-Id / -Turn / -Last-Turn / -Tenant headers.
+or as X-Agentrt-Program-Id / -Turn / -Last-Turn / -Tenant headers. With a preset's retention policy
+(`run_server(preset=...)`, default `agentrt`), a program's non-final turn pins its KV for the TTL
+predicted for the tool call read out of the reply (hermes `<tool_call>` when `tools` were given, a
+bash block otherwise), and the gap until the program's next request teaches the predictor.
 
 Invariants:
 - The engine's step loop runs only inside the app's lifespan (`async with engine`).
@@ -27,8 +30,8 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
@@ -41,8 +44,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from engine.async_engine import AsyncEngine
+from engine.config import EngineConfig
+from engine.engine import PromptTooLongError
+from engine.params import ProgramHint, SamplingParams
+from engine.request import RequestOutput
+
 from agentrt import toolcalls
-from engine import AsyncEngine, EngineConfig, ProgramHint, PromptTooLongError, RequestOutput, SamplingParams
+from agentrt.presets import DEFAULT_PRESET, Preset, get_preset
+from agentrt.retention import Retention
+from agentrt.types import ToolCall, ToolResult
 
 TOOL_CALL_TAG = "<tool_call>"
 
@@ -201,6 +212,10 @@ class _Server:
     aengine: AsyncEngine
     model_name: str
     num_requests: int = 0
+    retention: Retention | None = None  # the preset's; None: KV is never pinned between turns
+    # program -> (the tool call its last reply asked for, when that reply ended): the gap until the
+    # program's next request is the tool's duration, which teaches the predictor online
+    pending_calls: dict[str, tuple[ToolCall, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -212,6 +227,7 @@ class _Job:
     prompt_ids: list[int]
     params: SamplingParams
     hint: ProgramHint
+    tool_format: str = "bash"  # how the reply asks for a tool: hermes when `tools` were given, else a bash block
 
 
 def _sampling_params(req: _GenerationRequest, max_tokens: int | None, logprobs: int | None,
@@ -269,13 +285,40 @@ def _make_job(server: _Server, req: _GenerationRequest, prompt: str | list[int],
     except ValueError as exc:
         raise APIError(400, str(exc), param=prompt_param) from None
     server.num_requests += 1
-    return _Job(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), prompt_ids, params, _hint(req, headers))
+    hint = _hint(req, headers)
+    fmt = "hermes" if isinstance(req, ChatCompletionRequest) and req.tools else "bash"
+    _observe_tool_gap(server, hint.program_id)
+    return _Job(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), prompt_ids, params, hint, fmt)
+
+
+def _observe_tool_gap(server: _Server, program_id: str | None) -> None:
+    """The program's next request arrived: the time since its last reply is what its tool took."""
+    pending = server.pending_calls.pop(program_id, None) if program_id is not None else None
+    if pending is not None and server.retention is not None:
+        call, ended = pending
+        now = time.time()
+        server.retention.observe(program_id, ToolResult(call, "", True, 0, started_at=ended, finished_at=now))
+
+
+def _retention_callback(server: _Server, job: _Job) -> Callable | None:
+    """At the end of a non-final turn: the TTL for the tool call read out of the reply (0 if none)."""
+    retention, pid = server.retention, job.hint.program_id
+    if retention is None or pid is None or job.hint.is_last_turn:
+        return None
+
+    def ttl_s(out: RequestOutput, snapshot) -> float:  # runs in the engine thread
+        calls, _ = toolcalls.parse(job.tool_format, out.text)
+        if not calls:
+            return 0.0
+        server.pending_calls[pid] = (calls[0], time.time())
+        return retention.ttl_for(pid, calls[0], len(out.prompt_token_ids) + len(out.token_ids), snapshot).ttl_s
+    return ttl_s
 
 
 def _outputs(server: _Server, job: _Job) -> contextlib.aclosing:
     # aclosing: leaving early (disconnect, error) closes the engine's generator, which aborts the request
-    return contextlib.aclosing(server.aengine.generate(job.prompt_ids, job.params, hint=job.hint,
-                                                       request_id=job.id))
+    return contextlib.aclosing(server.aengine.generate(job.prompt_ids, job.params, hint=job.hint, request_id=job.id,
+                                                       retention=_retention_callback(server, job)))
 
 
 async def _final_output(server: _Server, job: _Job) -> RequestOutput:
@@ -494,27 +537,32 @@ def _metric(name: str, kind: str, help_text: str, value: float) -> str:
 @router.get("/metrics")
 async def metrics(request: Request) -> PlainTextResponse:
     server: _Server = request.app.state.server
-    engine = server.aengine.engine
-    stats = engine.stats
+    snap = server.aengine.engine.snapshot  # immutable: safe to read while the engine steps
     text = "".join([
         _metric("agentrt_requests_total", "counter", "Generation requests accepted.", server.num_requests),
         _metric("agentrt_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.",
-                stats.num_prompt_tokens),
-        _metric("agentrt_generation_tokens_total", "counter", "Tokens generated.", stats.num_generated_tokens),
+                snap.num_prompt_tokens),
+        _metric("agentrt_generation_tokens_total", "counter", "Tokens generated.", snap.num_generated_tokens),
         _metric("agentrt_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.",
-                stats.num_prefix_hit_tokens),
-        _metric("agentrt_kv_blocks_free", "gauge", "Free KV cache blocks.", engine.pool.num_free),
-        _metric("agentrt_kv_blocks_total", "gauge", "KV cache blocks.", engine.pool.num_blocks),
-        _metric("agentrt_requests_running", "gauge", "Requests being run.", len(engine.scheduler.running)),
-        _metric("agentrt_requests_waiting", "gauge", "Requests waiting to run.", len(engine.scheduler.waiting)),
+                snap.num_prefix_hit_tokens),
+        _metric("agentrt_kv_blocks_free", "gauge", "Free KV cache blocks.", snap.num_free_blocks),
+        _metric("agentrt_kv_blocks_total", "gauge", "KV cache blocks.", snap.num_blocks),
+        _metric("agentrt_requests_running", "gauge", "Requests being run.", snap.num_running),
+        _metric("agentrt_requests_waiting", "gauge", "Requests waiting to run.", snap.num_waiting),
+        _metric("agentrt_kv_pins_total", "counter", "KV pins made between a program's turns.", snap.num_pins),
+        _metric("agentrt_kv_pin_hits_total", "counter", "Pins whose program came back in time.", snap.num_pin_hits),
+        _metric("agentrt_kv_pinned_blocks", "gauge", "KV blocks held by pins.", snap.num_pinned_blocks),
     ])
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 # ---- app -----------------------------------------------------------------------------------------
 
-def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The ASGI app; its lifespan runs the engine's step loop. `api_key` guards every /v1/* route."""
+def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
+               retention: Retention | None = None) -> FastAPI:
+    """The ASGI app; its lifespan runs the engine's step loop. `api_key` guards every /v1/* route.
+    `retention` (a preset's) pins a program's KV after each non-final turn, for the TTL predicted for
+    the tool call read out of the reply."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -522,7 +570,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None)
             yield
 
     app = FastAPI(title="agentrt", lifespan=lifespan)
-    app.state.server = _Server(engine, model_name)
+    app.state.server = _Server(engine, model_name, retention=retention)
     app.include_router(router)
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
@@ -533,8 +581,11 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None)
 
 
 def run_server(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-               served_model_name: str | None = None, **engine_options: Any) -> None:
-    """Loads the model (`engine_options`: EngineConfig fields) and serves it until interrupted."""
-    aengine = AsyncEngine(EngineConfig(model=model), **engine_options)
+               served_model_name: str | None = None, preset: str | Preset = DEFAULT_PRESET,
+               **engine_options: Any) -> None:
+    """Loads the model with the preset's engine options (`engine_options`, EngineConfig fields,
+    override them) and serves it with the preset's retention policy until interrupted."""
+    preset = get_preset(preset)
+    aengine = AsyncEngine(EngineConfig(model=model), **{**preset.engine_options(), **engine_options})
     name = served_model_name or aengine.engine.model_dir.name
-    uvicorn.run(create_app(aengine, name, api_key), host=host, port=port)
+    uvicorn.run(create_app(aengine, name, api_key, preset.retention()), host=host, port=port)

@@ -10,24 +10,21 @@ real chat template renders what it sent, with the model's replies left to the en
 output tokens stay in the next prompt, as live). One token after the system prompt marks each
 program, so programs replaying the same session share only the system prompt, as distinct tasks do.
 
-Policies are bench_jct's: the same engine scheduling policy and the same runtime TTL policy objects
-(`agentrt/retention.py`, `toolpredict/ttl.py`) fed the same prior, on `engine.sim.SimulatedEngine`,
+Policies are the presets (agentrt/presets.py): the same engine options and the same retention policy
+objects (`agentrt/retention.py`, `toolpredict/ttl.py`) fed the same prior, on `engine.sim.SimulatedEngine`,
 i.e. the real scheduler, block pool and pins with step times from the hardware's cost model. A
 discrete-event loop: program arrivals (Poisson) and tool completions enter the engine between steps
 with their own timestamps; when nothing runs, the clock jumps to the next event. Deterministic for
-a given seed. `simulate(...)` is the API; `figures` match bench_jct's keys.
+a given seed. `simulate(...)` is the API; its figures are `agentrt.report.run_figures`'s keys, as the
+JCT benchmark's (benchmarks/jct.py) are.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import heapq
 import itertools
 import json
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,33 +32,18 @@ from pathlib import Path
 
 import anyio
 
-from agentrt.backends.embedded import EmbeddedBackend
-from agentrt.backends.stub import StubBackend
-from agentrt.bench_jct import (
-    POLICIES,
-    _figures,
-    engine_options,
-    make_retention,
-    replay_prior,
-    run_policy,
-)
-from agentrt.context import Context
-from agentrt.replay import ReplaySession, load_sessions, replay_agent
-from agentrt.retention import Retention
-from agentrt.runtime import ProgramResult, RunResult, Runtime, poisson_arrivals
-from agentrt.types import ToolCall, ToolResult
 from engine.params import ProgramHint, SamplingParams
-from engine.sim import (
-    CPU_CALIBRATION,
-    HARDWARE,
-    LinearCostModel,
-    SimulatedEngine,
-    StepRecorder,
-    StepShape,
-    VirtualClock,
-    hardware,
-)
+from engine.sim import SimulatedEngine, VirtualClock, hardware
 from toolpredict.features import ToolCallRecord
+
+from agentrt.backends.stub import StubBackend
+from agentrt.context import Context
+from agentrt.presets import PRESETS, get_preset
+from agentrt.replay import ReplaySession, load_sessions, replay_agent, replay_prior
+from agentrt.report import run_figures
+from agentrt.retention import Retention
+from agentrt.runtime import ProgramResult, RunResult, poisson_arrivals
+from agentrt.types import ToolCall, ToolResult
 
 # replay scaling per hardware: the CPU one is the README's JCT benchmark; the GPU one keeps the
 # recorded sessions whole (Llama-3.1-8B holds 128k tokens)
@@ -85,7 +67,7 @@ class SessionTokens:
 @dataclass(slots=True)
 class Workload:
     sessions: list[SessionTokens]
-    prior: list[ToolCallRecord]  # what the TTL predictors know before the run (bench_jct's "replay" prior)
+    prior: list[ToolCallRecord]  # what the TTL predictors know before the run (the JCT benchmark's "replay" prior)
     options: dict
 
 
@@ -117,7 +99,7 @@ def session_tokens(session: ReplaySession, tokenizer) -> SessionTokens:
 
 def load_workload(traces: str | Path, hardware_name: str = "cpu-smollm2", seed: int = 0, **options) -> Workload:
     """The sessions under `traces` as token ids, scaled by WORKLOADS[hardware_name] unless `options`
-    (load_sessions' keywords) say otherwise, with bench_jct's prior (durations drawn with seed + 1)."""
+    (load_sessions' keywords) say otherwise, with the JCT benchmark's prior (durations drawn with seed + 1)."""
     from engine.loader import load_tokenizer, resolve_model
 
     opts = {**WORKLOADS[hardware_name], **options}
@@ -177,8 +159,8 @@ class _Simulation:
         if self.retention is not None and not last:
             call, retention, pid = self._call(p, p.turn), self.retention, p.program_id
 
-            def callback(out) -> float:
-                return retention.ttl_for(pid, call, len(out.prompt_token_ids) + len(out.token_ids)).ttl_s
+            def callback(out, snapshot) -> float:
+                return retention.ttl_for(pid, call, len(out.prompt_token_ids) + len(out.token_ids), snapshot).ttl_s
         params = SamplingParams(temperature=0.0, max_tokens=turn.output_tokens, ignore_eos=True)
         req = self.engine.make_request(prompt, params, request_id=f"{p.program_id}-{p.turn}",
                                        hint=ProgramHint(p.program_id, p.turn, last), retention=callback)
@@ -222,8 +204,8 @@ class _Simulation:
     def _wait(self) -> None:
         """Nothing could run (requests wait on earlier programs' pins, `protect_earlier_pins`): jump to
         the next pin expiry or event, as the real engine would sleep until then."""
-        now = self.clock.now
-        later = [p.expires_at for p in self.engine.pins.pins.values() if p.expires_at > now]
+        expiry = self.engine.snapshot.next_pin_expiry_s
+        later = [expiry] if expiry is not None else []
         if self.events:
             later.append(self.events[0][0])
         if not later:
@@ -234,29 +216,23 @@ class _Simulation:
 def simulate(workload: Workload | str | Path, policy: str, rate: float, programs: int | None = None,
              kv_blocks: int | None = None, hardware_name: str = "cpu-smollm2", seed: int = 0, *,
              max_num_seqs: int | None = None, mark_programs: bool = True,
-             retention: Callable[[SimulatedEngine, list[ToolCallRecord]], Retention | None] | None = None) -> dict:
+             retention: Callable[[list[ToolCallRecord]], Retention | None] | None = None) -> dict:
     """One simulated run: `programs` programs (default one per session; more cycle the sessions)
-    arriving at `rate` per second under bench_jct policy `policy`. `retention(engine, prior)`, if
-    given, replaces the policy's TTL side (to try new TTL policies). `mark_programs=False` replays
-    sessions token for token as `bench jct` does (copies of a session then share all their prefixes).
-    Returns bench_jct's figures
-    (mean/p50/p95 JCT, makespan, pin hits and hit rate, recomputed prefill tokens, ...) plus the
-    simulation's own (steps, virtual and wall seconds)."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
+    arriving at `rate` per second under preset `policy`. `retention(prior)`, if given, replaces the
+    preset's retention policy (to try new TTL policies). `mark_programs=False` replays sessions token
+    for token as the JCT benchmark does (copies of a session then share all their prefixes).
+    Returns `run_figures`' keys (mean/p50/p95 JCT, makespan, pin hits and hit rate, recomputed
+    prefill tokens, ...) plus the simulation's own (steps, virtual and wall seconds)."""
+    preset = get_preset(policy)
     if isinstance(workload, (str, Path)):
         workload = load_workload(workload, hardware_name, seed)
     hw = hardware(hardware_name)
-    ttl = POLICIES[policy][1]
-    options = engine_options(policy)
+    options = preset.engine_options()
     options["profile_reload"] = options["profile_reload"] or retention is not None
     clock = VirtualClock()
     engine = SimulatedEngine(hw.cost_model, clock=clock, kv_cache_tokens=(kv_blocks or hw.default_kv_blocks) * 16,
                              max_num_seqs=max_num_seqs or hw.max_num_seqs, **options)
-    if retention is not None:
-        ret = retention(engine, list(workload.prior))
-    else:
-        ret = make_retention(ttl, engine, list(workload.prior), policy == "agentrt") if ttl else None
+    ret = retention(list(workload.prior)) if retention is not None else preset.retention(workload.prior)
     n = programs or len(workload.sessions)
     sim = _Simulation(engine, clock, ret, engine.model_config.vocab_size, mark_programs)
     start = clock.now  # after the reload profile's virtual seconds
@@ -270,67 +246,12 @@ def simulate(workload: Workload | str | Path, policy: str, rate: float, programs
         ProgramResult(p.program_id, p.index, p.tokens.session.session_id, "finished", arrival_at=p.arrival_s,
                       started_at=p.arrival_s, finished_at=p.finished_s, turns=len(p.tokens.session.turns))
         for p in sim.programs])
-    out = _figures(res, wall, engine)
-    out.update({"steps": engine.stats.num_steps, "virtual_s": clock.now - start,
+    snap = engine.take_snapshot()
+    out = run_figures(res, wall, snap)
+    out.update({"steps": snap.num_steps, "virtual_s": clock.now - start,
                 "tool_time_s": sum(t.pause_s for p in sim.programs for t in p.tokens.session.turns),
-                "free_blocks_at_end": engine.pool.num_free, "kv_blocks": engine.pool.num_blocks})
+                "free_blocks_at_end": snap.num_free_blocks, "kv_blocks": snap.num_blocks})
     return out
-
-
-def agreement(traces: str | Path, policy: str, rate: float, programs: int | None = None, kv_blocks: int = 256,
-              seed: int = 0, max_num_seqs: int = 32) -> dict:
-    """The same small replay on the real embedded engine (bench_jct.run_policy, real time) and on the
-    simulated `cpu-smollm2` (virtual time): both figures and the relative difference of mean JCT, also
-    of its LLM side (mean JCT minus the mean program's tool time, which both share exactly)."""
-    workload = load_workload(traces, "cpu-smollm2", seed)
-    n = programs or len(workload.sessions)
-    sessions = [workload.sessions[i % len(workload.sessions)].session for i in range(n)]
-    args = argparse.Namespace(model=None, kv_blocks=kv_blocks, max_num_seqs=max_num_seqs, db=None, rate=rate,
-                              seed=seed)
-    real = run_policy(policy, sessions, args, workload.prior)
-    sim = simulate(workload, policy, rate, n, kv_blocks, "cpu-smollm2", seed, max_num_seqs=max_num_seqs,
-                   mark_programs=False)
-    tool_s = sum(t.pause_s for s in sessions for t in s.turns) / n
-    return {"traces": str(traces), "policy": policy, "rate": rate, "programs": n, "kv_blocks": kv_blocks,
-            "workload": workload.options, "mean_tool_time_s": tool_s, "real": real, "simulated": sim,
-            "mean_jct_rel_diff": sim["mean_jct_s"] / real["mean_jct_s"] - 1.0,
-            "mean_llm_side_rel_diff": (sim["mean_jct_s"] - tool_s) / (real["mean_jct_s"] - tool_s) - 1.0}
-
-
-def profile_runtime(traces: str | Path, programs: int | None = None, rate: float = 1.0, kv_blocks: int = 256,
-                    seed: int = 0, command: str = "") -> LinearCostModel:
-    """The `cpu-smollm2` cost model fitted to the real embedded engine's steps as the runtime drives
-    them: a replay of `traces` (vllm policy) with each step's shape and its time from its start to
-    the next step's start while requests remain (the runtime's own work between steps, tokenizing
-    and thread hops, included; so is whatever else the machine runs at the time)."""
-    workload = load_workload(traces, "cpu-smollm2", seed)
-    n = programs or len(workload.sessions)
-    backend = EmbeddedBackend(kv_cache_tokens=kv_blocks * 16, scheduling_policy="fcfs", max_num_seqs=32)
-    engine = backend.aengine.engine
-    recorder = engine.runner = StepRecorder(engine.runner)
-    marks: list[tuple[StepShape | None, float, float, bool]] = []
-    step = engine.step
-
-    def timed_step():
-        recorder.shape = None
-        t0 = time.perf_counter()
-        outputs = step()
-        marks.append((recorder.shape, t0, time.perf_counter(), engine.has_unfinished_requests()))
-        return outputs
-
-    engine.step = timed_step  # the AsyncEngine loop looks it up at every step
-    Runtime(backend, tool_format="bash", max_turns=10_000,
-            sampling=SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)).run(
-        replay_agent, [workload.sessions[i % len(workload.sessions)].session for i in range(n)], rate=rate, seed=seed)
-    shapes, seconds = [], []
-    for (shape, t0, t1, busy), after in zip(marks, marks[1:] + [None]):
-        if shape is not None:
-            shapes.append(shape)
-            seconds.append(after[1] - t0 if busy and after is not None else t1 - t0)
-    source = {"command": command, "traces": str(traces), "programs": n, "rate": rate, "kv_blocks": kv_blocks,
-              "workload": workload.options, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
-    dtype = str(engine.dtype).removeprefix("torch.")
-    return LinearCostModel.fit(f"{engine.model_dir.name} (CPU)", engine.model_config, dtype, shapes, seconds, source)
 
 
 def plot(results: dict, png: str | Path, title: str) -> None:
@@ -355,30 +276,12 @@ def plot(results: dict, png: str | Path, title: str) -> None:
     plt.close(fig)
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--traces", required=True, help="directory of recorded sessions (*.jsonl)")
-    ap.add_argument("--programs", type=int, help="programs per run (default: one per session; more cycle them)")
-    ap.add_argument("--rate", type=float, action="append", required=True,
-                    help="Poisson arrivals, programs per second; repeat for a JCT-vs-rate curve")
-    ap.add_argument("--policy", action="append", choices=sorted(POLICIES), help="repeatable; default: all")
-    ap.add_argument("--hardware", choices=HARDWARE, default="cpu-smollm2")
-    ap.add_argument("--kv-blocks", type=int, help="KV pool size in 16-token blocks (default: the hardware's)")
-    ap.add_argument("--max-num-seqs", type=int, help="default: the hardware's")
-    for flag in ("scale", "max-output-tokens", "max-turns", "max-context-tokens"):
-        ap.add_argument(f"--{flag}", type=float if flag == "scale" else int,
-                        help="replay scaling (agentrt/replay.py); default: the hardware's workload")
-    ap.add_argument("--tool-time-scale", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="write the figures here")
-    ap.add_argument("--png", help="draw mean JCT against rate here")
-
-
 def main(args) -> dict:
     options = {k: getattr(args, k) for k in ("scale", "max_output_tokens", "max_turns", "max_context_tokens")
                if getattr(args, k) is not None}
     workload = load_workload(args.traces, args.hardware, args.seed, tool_time_scale=args.tool_time_scale, **options)
     n = args.programs or len(workload.sessions)
-    policies = args.policy or list(POLICIES)
+    policies = args.policy or list(PRESETS)
     print(f"{n} programs from {len(workload.sessions)} sessions in {args.traces} on {args.hardware} (simulated)",
           flush=True)
     out = {"traces": str(args.traces), "programs": n, "hardware": args.hardware,
@@ -402,25 +305,3 @@ def main(args) -> dict:
         plot(out["results"], args.png, f"{n} programs from {Path(args.traces).name}, {args.hardware} (simulated), "
                                        f"KV {kv} blocks")
     return out
-
-
-def calibrate_main(argv: list[str] | None = None) -> int:
-    """`python -m agentrt.sim calibrate [--traces DIR] [--programs N] [--out FILE]`: re-measure this machine."""
-    ap = argparse.ArgumentParser(prog="python -m agentrt.sim calibrate", description=profile_runtime.__doc__)
-    ap.add_argument("--traces", default=str(Path(__file__).parents[1] / "tests" / "data" / "agent-traces-sample"))
-    ap.add_argument("--programs", type=int)
-    ap.add_argument("--rate", type=float, default=1.0)
-    ap.add_argument("--kv-blocks", type=int, default=256)
-    ap.add_argument("--out", default=str(CPU_CALIBRATION))
-    args = ap.parse_args(argv)
-    command = "python -m agentrt.sim calibrate " + " ".join(argv)
-    model = profile_runtime(args.traces, args.programs, args.rate, args.kv_blocks, command=command.strip())
-    Path(args.out).write_text(json.dumps(model.to_json(), indent=2) + "\n")
-    print(json.dumps({k: v for k, v in model.describe().items() if k != "source"} | {"fit": model.source["fit"]}))
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["calibrate"]:
-        sys.exit("usage: python -m agentrt.sim calibrate [--traces DIR] [--programs N] [--out FILE]")
-    sys.exit(calibrate_main(sys.argv[2:]))

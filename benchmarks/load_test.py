@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 
 from agentrt.report import percentile
-from engine.bench import CHAT_PROMPTS
+from benchmarks.prompts import CHAT_PROMPTS
 from engine.loader import load_tokenizer, resolve_model
 
 API_KEY = "load-test-key"

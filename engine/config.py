@@ -92,15 +92,25 @@ class EngineConfig:
     # a waiting request releases only pins of programs that arrived after its own (engine/retention.py)
     protect_earlier_pins: bool = False
     num_threads: int | None = None
-    # KVShare (engine/kvshare.py): reuse cached KV found at other positions, with selective recompute
+    # KVShare (engine/reuse/): reuse cached KV found at other positions, with selective recompute
     kv_reuse: str = "off"  # off | naive | cacheblend | dhd
     kv_reuse_ratio: float = 0.2  # share of reused tokens recomputed
     kv_reuse_check_layer: int = 1
     kv_reuse_drift: float = 0.3  # dhd decode stage: cosine threshold of attention drift (0: off)
     kv_reuse_min_span: int = 32  # shortest reused span, tokens
     kv_reuse_probe_layers: int | None = None  # dhd: layers the prompt's tail runs ahead through (None: all)
-    kv_reuse_probe_dtype: str = "auto"  # dhd: the run-ahead's precision (engine.kvshare.probe_precision)
+    kv_reuse_probe_dtype: str = "auto"  # dhd: the run-ahead's precision (engine.reuse.execute.probe_precision)
     kv_reuse_cross_tenant: bool = False  # reuse KV across tenants (their salts otherwise keep caches apart)
+
+    def reuse_options(self):
+        """The KV reuse options as one record (engine.reuse.plan.ReuseOptions), or None when off."""
+        from engine.reuse.plan import ReuseOptions
+
+        if self.kv_reuse == "off":
+            return None
+        return ReuseOptions(self.kv_reuse, self.kv_reuse_ratio, self.kv_reuse_check_layer, self.kv_reuse_drift,
+                            min_span=self.kv_reuse_min_span, probe_layers=self.kv_reuse_probe_layers,
+                            probe_dtype=self.kv_reuse_probe_dtype)
 
     def validate(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -115,3 +125,7 @@ class EngineConfig:
             raise ConfigError("kv_reuse needs enable_prefix_caching (reused KV comes from cached blocks)")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.block_size:
             raise ConfigError(f"kv_cache_tokens ({self.kv_cache_tokens}) must hold at least one block")
+        try:
+            self.reuse_options()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc

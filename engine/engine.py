@@ -1,15 +1,17 @@
-"""The engine loop: `add_request`, then `step()` until done. Each step schedules, runs the model once,
-samples, appends tokens, checks stop conditions and frees finished requests' blocks.
+"""The engine loop: `add_request`, then `step()` until done. Each step schedules (engine/scheduler.py),
+runs the model once (engine/runner.py), samples, hands the new tokens to the output processor
+(engine/outputs.py: stop checks, detokenization), ends finished requests' turns (engine/programs.py:
+pins between a program's turns) and frees their blocks, then publishes an `EngineSnapshot`.
 
-A request is finished by exactly one of: a stop token (EOS unless `ignore_eos`, or `stop_token_ids`),
-a stop string (text cut before it unless `include_stop_str_in_output`), `max_tokens`, the context
-limit `max_model_len`, `abort_request`, or a failure inside the model that the request hits even when
-run alone (`error`, e.g. out of memory): a failing step is retried request by request, so one bad
-request never takes the others down. Finished requests always give back all their blocks.
+A request is finished by exactly one of: a stop condition (engine/outputs.py), `abort_request`, or a
+failure inside the model that the request hits even when run alone (`error`, e.g. out of memory): a
+failing step is retried request by request, so one bad request never takes the others down.
+Finished requests always give back all their blocks. The config is validated once and never changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -21,15 +23,20 @@ from engine import loader
 from engine.block_pool import BlockPool
 from engine.config import ConfigError, EngineConfig
 from engine.kv_manager import KVCacheManager
-from engine.kvshare import ReuseOptions
 from engine.model import LlamaModel, pick_linear, rope_inv_freq
+from engine.outputs import OutputProcessor
 from engine.params import ProgramHint, SamplingParams
+from engine.programs import Programs
 from engine.reload import ReloadModel, profile_reload
-from engine.request import Request, RequestOutput, RequestStatus
+from engine.request import Request, RequestOutput
 from engine.retention import PinManager
 from engine.runner import ModelRunner
 from engine.sampler import sample
 from engine.scheduler import ScheduledBatch, Scheduler, make_policy
+from engine.snapshot import EngineSnapshot
+
+# a request's retention callback: (its final output, the engine's snapshot) -> seconds to pin its program's KV
+Retention = Callable[[RequestOutput, EngineSnapshot], float]
 
 
 class PromptTooLongError(ValueError):
@@ -73,10 +80,10 @@ class Engine:
         """`clock` gives the time (s) that arrivals, pins, queueing and finish times are read from; the
         simulator (engine/sim.py) passes a virtual one."""
         cfg = config or EngineConfig()
-        for k, v in overrides.items():
-            if not hasattr(cfg, k):
-                raise ConfigError(f"unknown engine option {k!r}")
-            setattr(cfg, k, v)
+        unknown = [k for k in overrides if k not in EngineConfig.__dataclass_fields__]
+        if unknown:
+            raise ConfigError(f"unknown engine option {unknown[0]!r}")
+        cfg = dataclasses.replace(cfg, **overrides)  # the caller's config is never changed
         cfg.validate()
         self.config = cfg
         self.clock = clock
@@ -90,19 +97,16 @@ class Engine:
         num_blocks = -(-kv_tokens // bs)
         self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, num_blocks * bs)
         self.pool = BlockPool(num_blocks, cfg.enable_prefix_caching)
-        self.reuse = None if cfg.kv_reuse == "off" else ReuseOptions(
-            cfg.kv_reuse, cfg.kv_reuse_ratio, cfg.kv_reuse_check_layer, cfg.kv_reuse_drift,
-            min_span=cfg.kv_reuse_min_span, probe_layers=cfg.kv_reuse_probe_layers,
-            probe_dtype=cfg.kv_reuse_probe_dtype)
+        self.reuse = cfg.reuse_options()
         scope = None if self.reuse is None else "global" if cfg.kv_reuse_cross_tenant else "tenant"
         self.kv = KVCacheManager(self.pool, bs, scope)
         self.pins = PinManager(self.pool)
-        self.scheduler = Scheduler(self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs,
-                                   cfg.max_num_batched_tokens, self.pins, clock, self.reuse,
-                                   cfg.protect_earlier_pins,
-                                   self.reuse.reused_token_work(mc.num_layers) if self.reuse else 1.0)
-        self.program_context: dict[str, int] = {}  # tokens of each live program's last finished turn
-        self.queue_delay_s: float | None = None  # moving average of queueing of turns without a pin
+        self.scheduler = Scheduler(
+            self.kv, make_policy(cfg.scheduling_policy), cfg.max_num_seqs, cfg.max_num_batched_tokens,
+            pins=self.pins, clock=clock, reuse=self.reuse, protect_earlier_pins=cfg.protect_earlier_pins,
+            reused_token_work=self.reuse.reused_token_work(mc.num_layers) if self.reuse else 1.0)
+        self.programs = Programs(self.pool, self.pins, self.scheduler, clock)
+        self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len, clock)
         self.runner = self._make_runner(num_blocks)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.requests: dict[str, Request] = {}
@@ -111,10 +115,10 @@ class Engine:
         self.stats = EngineStats()
         self.last_step = StepInfo()
         self._ids = itertools.count()
-        self.reload_model: ReloadModel | None = None
         if cfg.profile_reload:
-            self.reload_model = profile_reload(self)
+            self.programs.reload_model = profile_reload(self)
             self.stats = EngineStats()  # the profile's prefills are not the user's traffic
+        self.snapshot = self.take_snapshot()
 
     def _load_model(self) -> None:
         """Sets device, dtype, model_dir, model_config, tokenizer, model and eos_token_ids."""
@@ -167,10 +171,10 @@ class Engine:
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                     request_id: str | None = None, hint: ProgramHint | None = None,
-                    stream: bool = False, retention: Callable[[RequestOutput], float] | None = None) -> str:
+                    stream: bool = False, retention: Retention | None = None) -> str:
         """Queues a request; returns its id. `stream` makes `step()` report it after every token.
-        `retention(final_output)` is asked, when a non-final turn of a program ends, for how many
-        seconds to pin the program's KV (0: don't)."""
+        `retention(final_output, snapshot)` is asked, when a non-final turn of a program ends, for how
+        many seconds to pin the program's KV (0: don't)."""
         req = self.make_request(prompt, params, request_id=request_id, hint=hint, stream=stream,
                                 retention=retention)
         self.submit(req)
@@ -178,7 +182,7 @@ class Engine:
 
     def make_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                      request_id: str | None = None, hint: ProgramHint | None = None,
-                     stream: bool = False, retention: Callable[[RequestOutput], float] | None = None) -> Request:
+                     stream: bool = False, retention: Retention | None = None) -> Request:
         """Validates and tokenizes a request without touching the queues (safe while a step runs)."""
         params = params or SamplingParams()
         text, ids = self.encode_prompt(prompt)
@@ -205,16 +209,35 @@ class Engine:
         if req is None:
             return None
         self.scheduler.remove(req)
-        self._finish(req, reason, stop_reason)
-        return self._output(req)
+        self.outputs.finish(req, reason, stop_reason)
+        return self.outputs.output(req)
+
+    @property
+    def reload_model(self) -> ReloadModel | None:
+        return self.programs.reload_model
 
     def reload_time_s(self, num_tokens: int) -> float:
-        """Estimated time to prefill `num_tokens` again: the profiled model, else this engine's
-        average forward time per computed token so far (0 before any step)."""
-        if self.reload_model is not None:
-            return self.reload_model(num_tokens)
-        st = self.stats
-        return st.forward_s / st.num_computed_tokens * num_tokens if st.num_computed_tokens else 0.0
+        """Estimated time to prefill `num_tokens` again (see `EngineSnapshot.reload_time_s`)."""
+        return self.take_snapshot().reload_time_s(num_tokens)
+
+    def take_snapshot(self) -> EngineSnapshot:
+        """The engine's state now, as an immutable record (published after every step as `snapshot`)."""
+        now, st, pins, pool, sched = self.clock(), self.stats, self.pins, self.pool, self.scheduler
+        ahead = [p.expires_at for p in pins.pins.values() if p.expires_at > now]
+        ps = pins.stats
+        return EngineSnapshot(
+            time_s=now, num_steps=st.num_steps, num_running=len(sched.running), num_waiting=len(sched.waiting),
+            num_blocks=pool.num_blocks, num_free_blocks=pool.num_free, num_pinned_blocks=pins.num_pinned_blocks,
+            pinned_programs=frozenset(pins.pins), next_pin_expiry_s=min(ahead, default=None),
+            num_pins=ps.pins, num_pin_hits=ps.hits, num_pin_expiries=ps.expiries,
+            num_pin_forced_releases=ps.forced_releases, num_pin_last_turn_releases=ps.last_turn_releases,
+            pinned_block_seconds=ps.pinned_block_seconds, num_preemptions=sched.num_preemptions,
+            num_prompt_tokens=st.num_prompt_tokens, num_prefix_hit_tokens=st.num_prefix_hit_tokens,
+            num_computed_tokens=st.num_computed_tokens, num_generated_tokens=st.num_generated_tokens,
+            num_recomputed_prefill_tokens=st.num_recomputed_prefill_tokens,
+            num_reuse_requests=st.num_reuse_requests, num_reused_tokens=st.num_reused_tokens,
+            forward_s=st.forward_s, step_s=st.step_s,
+            queue_delay_s=self.programs.queue_delay_s, reload=self.programs.reload_model)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -229,6 +252,7 @@ class Engine:
             if self.scheduler.waiting and not self.scheduler.running and not self.pins.pins:
                 raise RuntimeError("scheduler made no progress with free KV blocks; this is a bug")
             self.last_step = StepInfo()
+            self.snapshot = self.take_snapshot()
             return []
         for req in batch.requests:
             if req.metrics.first_scheduled_time is None:
@@ -254,11 +278,11 @@ class Engine:
             req.token_ids.append(tok)
             if req.metrics.first_token_time is None:
                 req.metrics.first_token_time = now
-            self._check_stop(req, tok)
-            out = self._output(req) if req.finished or req.stream else None
+            self.outputs.check_stop(req, tok)
+            out = self.outputs.output(req) if req.finished or req.stream else None
             if req.finished:
                 del self.requests[req.request_id]
-                self._retain(req, out)
+                self.programs.turn_ended(req, out, self.take_snapshot)
                 self.scheduler.remove(req)
             if out is not None:
                 outputs.append(out)
@@ -269,6 +293,7 @@ class Engine:
         st.forward_s += self.runner.last_forward_s
         st.step_s += step_s
         self.last_step = StepInfo(len(batch.requests), batch.num_tokens, self.runner.last_forward_s, step_s)
+        self.snapshot = self.take_snapshot()
         return outputs
 
     def _execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Request], list[RequestOutput]]:
@@ -303,100 +328,4 @@ class Engine:
         st = self.stats
         st.num_prompt_tokens += req.num_prompt_tokens
         st.num_prefix_hit_tokens += req.num_cached_tokens
-        pid = req.hint.program_id
-        if pid is None:
-            return
-        before = self.program_context.get(pid)
-        if before is not None:  # a later turn: what of the earlier context had to be computed again
-            st.num_recomputed_prefill_tokens += max(0, min(before, req.num_prompt_tokens) - req.num_cached_tokens)
-        if not req.pin_hit:  # queueing of a turn whose KV was not held: the cost model's T
-            delay = now - req.metrics.arrival_time
-            self.queue_delay_s = delay if self.queue_delay_s is None else 0.9 * self.queue_delay_s + 0.1 * delay
-
-    def _retain(self, req: Request, out: RequestOutput) -> None:
-        """End of a program's turn: pin its KV for the TTL its retention callback gives, or, at the
-        program's last turn, drop everything held for it."""
-        pid = req.hint.program_id
-        if pid is None or req.finish_reason == "abort":
-            return
-        now = self.clock()
-        if req.hint.is_last_turn:
-            self.pins.end_program(pid, now)
-            self.scheduler.program_arrival.pop(pid, None)
-            self.program_context.pop(pid, None)
-            return
-        self.program_context[pid] = req.num_tokens
-        ttl = req.retention(out) if req.retention is not None else 0.0
-        if ttl > 0:
-            # pin what the next turn will find: the indexed block of each prefix hash (a block this
-            # request computed twice, alongside another request, is not the indexed one)
-            found = (self.pool.lookup(h) for h in req.block_hashes[:req.num_committed_blocks])
-            blocks = [b for b in found if b is not None]
-            arrival = self.scheduler.program_arrival.get(pid, req.metrics.arrival_time)
-            self.pins.pin(pid, blocks, ttl, now, arrival)
-
-    def _check_stop(self, req: Request, tok: int) -> None:
-        p = req.params
-        if tok in p.stop_token_ids:
-            return self._finish(req, "stop", tok)
-        if not p.ignore_eos and tok in self.eos_token_ids:
-            return self._finish(req, "stop")
-        if p.stop or req.stream:
-            seen = len(req.text)
-            self._detokenize(req)
-            if p.stop and self._match_stop_string(req, seen):
-                return
-        if req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.max_model_len:
-            self._finish(req, "length")
-
-    def _detokenize(self, req: Request, flush: bool = False) -> None:
-        """Incremental detokenization: decode from a few tokens back so that merges and multi-byte
-        characters come out right, and hold back text that still ends in a partial character
-        (unless `flush`: the request is over and what is there is final)."""
-        skip = req.params.skip_special_tokens
-        ids = req.token_ids
-        prefix = self.tokenizer.decode(ids[req.prefix_offset:req.read_offset], skip_special_tokens=skip)
-        full = self.tokenizer.decode(ids[req.prefix_offset:], skip_special_tokens=skip)
-        if len(full) > len(prefix) and (flush or not full.endswith("\ufffd")):
-            req.text += full[len(prefix):]
-            req.prefix_offset, req.read_offset = req.read_offset, len(ids)
-
-    def _match_stop_string(self, req: Request, seen: int) -> bool:
-        """Finds a stop string that ends in the text added since `seen` characters."""
-        stops = req.params.stop
-        tail_start = max(0, seen - max(len(s) for s in stops) + 1)
-        hits = [(at, s) for s in stops if (at := req.text.find(s, tail_start)) >= 0]
-        if not hits:
-            return False
-        at, s = min(hits)
-        req.text = req.text[: at + len(s) if req.params.include_stop_str_in_output else at]
-        self._finish(req, "stop", s)
-        return True
-
-    def _finish(self, req: Request, reason: str, stop_reason: str | int | None = None) -> None:
-        req.status = RequestStatus.FINISHED
-        req.finish_reason = reason
-        req.stop_reason = stop_reason
-        req.metrics.finish_time = self.clock()
-
-    def _output(self, req: Request) -> RequestOutput:
-        if req.finished and not (req.params.stop or req.stream):
-            req.text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=req.params.skip_special_tokens)
-        elif req.finished and not isinstance(req.stop_reason, str):
-            self._detokenize(req, flush=True)
-        # stream out only text that a stop string could no longer cut back
-        hold = 0 if req.finished or not req.params.stop else max(len(s) for s in req.params.stop) - 1
-        visible = max(len(req.text) - hold, req.emitted_text_len)
-        out = RequestOutput(
-            request_id=req.request_id, prompt=req.prompt,
-            prompt_token_ids=req.token_ids[: req.num_prompt_tokens],
-            token_ids=req.output_token_ids, text=req.text[:visible], finished=req.finished,
-            finish_reason=req.finish_reason, stop_reason=req.stop_reason,
-            delta_token_ids=req.token_ids[req.num_prompt_tokens + req.emitted_tokens:],
-            delta_text=req.text[req.emitted_text_len:visible],
-            logprobs=req.logprobs, num_cached_tokens=req.num_cached_tokens,
-            num_reused_tokens=req.num_reused_tokens, metrics=req.metrics,
-        )
-        req.emitted_tokens = req.num_output_tokens
-        req.emitted_text_len = visible
-        return out
+        st.num_recomputed_prefill_tokens += self.programs.first_scheduled(req, now)

@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
 from engine.block_pool import Block
 from engine.params import ProgramHint, SamplingParams
 
@@ -72,9 +70,7 @@ class Request:
         self.num_computed_tokens = 0
         self.num_committed_blocks = 0  # leading blocks registered in the prefix index
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
-        self.generator: torch.Generator | None = None
-        if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed)
+        self.generator = None  # torch.Generator of a seeded request, made by the sampler on first use
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.metrics = RequestMetrics(arrival_time if arrival_time is not None else time.monotonic())
         self.stream = stream
@@ -83,7 +79,7 @@ class Request:
         self.pin_hit = False  # admitted while its program held a pin
         # KVShare: tokens whose KV is exact (before the first reused token), and the reuse plan/state
         self.exact_tokens = 1 << 62
-        self.reuse = None  # engine.kvshare.ReusePlan while this request's KV holds reused tokens
+        self.reuse = None  # engine.reuse.plan.ReusePlan while this request's KV holds reused tokens
         self.hit_rate = 0.0  # share of the prompt cached at arrival
         self.prefill_work = float(len(self.token_ids))  # prefill token-equivalents left at arrival (cache-aware's key)
         self.num_reused_tokens = 0  # prompt tokens whose KV was copied from other positions at first admission

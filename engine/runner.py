@@ -4,7 +4,7 @@ It owns the model, the KV cache tensors and the attention backend. Per step it b
 token/position arrays, the slot mapping and the attention metadata (decodes batched, prefill
 spans listed), and the indices of the tokens whose logits are needed (each request's last
 scheduled token, when that token completes the request's known tokens). A request admitted with a
-KVShare reuse plan is prefilled on its own by `engine.kvshare.Reuser` after the batched forward.
+KVShare reuse plan is prefilled on its own by `engine.reuse.execute.Reuser` after the batched forward.
 Requests that hold reused KV have their newest query at the decode probe layer kept for KVShare's
 decode stage, and the reused tokens it picked last step join this step's forward past the check layer.
 """
@@ -18,7 +18,8 @@ import torch
 from engine.attention import AttentionMetadata, JoiningRows, PrefillSpan, make_attention_backend
 from engine.config import ModelConfig
 from engine.cuda_graphs import make_decode_graphs
-from engine.kvshare import ReuseOptions, Reuser
+from engine.reuse.execute import Reuser
+from engine.reuse.plan import ReuseOptions
 from engine.model import LlamaModel
 from engine.request import Request
 

@@ -34,6 +34,8 @@ def sample(logits: torch.Tensor, reqs: list[Request], default_generator: torch.G
             continue
         scaled = _filter_top_k_top_p(logits[row] / p.temperature, p.top_k, p.top_p)
         probs = scaled.softmax(-1)
+        if p.seed is not None and req.generator is None:  # made on first use: the request record is torch-free
+            req.generator = torch.Generator().manual_seed(p.seed)
         gen = req.generator or default_generator
         tokens[row] = int(torch.multinomial(probs, 1, generator=gen))
     if any(r.logprobs is not None for r in reqs):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.kv_manager import KVCacheManager
-from engine.kvshare import ReuseOptions, plan_reuse
+from engine.reuse.plan import ReuseOptions, plan_reuse
 from engine.request import Request, RequestStatus
 from engine.retention import PinManager
 
@@ -141,7 +141,7 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, max_num_seqs: int,
-                 max_num_batched_tokens: int, pins: PinManager | None = None,
+                 max_num_batched_tokens: int, *, pins: PinManager | None = None,
                  clock: Callable[[], float] = time.monotonic, reuse: ReuseOptions | None = None,
                  protect_earlier_pins: bool = False, reused_token_work: float = 1.0):
         self.kv = kv

@@ -13,7 +13,7 @@ Invariants:
 - there is no text: prompts are token ids and outputs decode to "".
 
 Cost models: `LinearCostModel`, coefficients fitted to the real engine's steps timed on this
-machine as the runtime drives them (`StepRecorder`; agentrt/sim.py `profile_runtime`, cached in
+machine as the runtime drives them (`StepRecorder`; benchmarks/sim_calibrate.py `profile_runtime`, cached in
 engine/data/), and `RooflineCostModel`, a GPU's memory bandwidth and FLOP rate against a model's
 weight and KV bytes and FLOPs. `hardware(name)` gives the ready-made ones (`HARDWARE`).
 """
@@ -238,7 +238,7 @@ def hardware(name: str) -> Hardware:
     Llama-3.1-8B in bf16 on one 80 GB H100 (roofline)."""
     if name == "cpu-smollm2":
         if not CPU_CALIBRATION.exists():
-            raise ConfigError(f"no CPU calibration at {CPU_CALIBRATION}; run `python -m agentrt.sim calibrate`")
+            raise ConfigError(f"no CPU calibration at {CPU_CALIBRATION}; run `python -m benchmarks.sim_calibrate`")
         cost = LinearCostModel.from_json(json.loads(CPU_CALIBRATION.read_text()))
         return Hardware(name, cost, default_kv_blocks=256, max_num_seqs=32)
     if name == "h100-llama8b":
@@ -308,7 +308,7 @@ class SimulatedEngine(Engine):
 class StepRecorder:
     """Wraps a real `ModelRunner` and notes the shape of each step it runs (`shape`; the caller resets
     it to None before a step, so a step that ran nothing leaves None): how the CPU cost model is
-    calibrated from the real engine (agentrt/sim.py `profile_runtime`)."""
+    calibrated from the real engine (benchmarks/sim_calibrate.py `profile_runtime`)."""
 
     def __init__(self, runner):
         self.runner = runner

@@ -22,7 +22,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from engine.bench import CHAT_PROMPTS as BENCH_CHAT_PROMPTS
+from benchmarks.prompts import CHAT_PROMPTS as BENCH_CHAT_PROMPTS
 from engine.tiny import make_tiny_model
 
 CHAT_PROMPTS = BENCH_CHAT_PROMPTS[:10]

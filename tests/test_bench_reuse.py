@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from agentrt import bench_reuse
-from engine.kvshare import probe_precision
+from benchmarks import reuse as bench_reuse
+from engine.reuse.execute import probe_precision
 from engine.tiny import make_tiny_model
 
 DOCS = [  # short real-looking tool outputs: the tiny model's context is 2,048 tokens

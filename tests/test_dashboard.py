@@ -51,7 +51,7 @@ async def agent(ctx, task):
 
 def real_run(db: str, model_dir: Path, tasks: list[str], *, tenant: str, name: str, policy: str | None) -> str:
     backend = EmbeddedBackend(model=str(model_dir))
-    retention = Retention(make_advisor(policy, pin_s=0.15), backend.aengine.engine) if policy else None
+    retention = Retention(make_advisor(policy, pin_s=0.15)) if policy else None
     runtime = Runtime(backend, db=db, tools=[lookup], retention=retention, tenant=tenant, name=name,
                       sampling=SamplingParams(temperature=0.0, max_tokens=4), sample_interval_s=0.02)
     return runtime.run(agent, tasks).run_id

@@ -9,7 +9,8 @@ from engine import Engine
 from engine.attention import PrefillSpan
 from engine.block_pool import BlockPool
 from engine.kv_manager import KVCacheManager
-from engine.kvshare import Reuser, ReuseOptions, plan_reuse, probe_precision
+from engine.reuse.execute import Reuser, probe_precision
+from engine.reuse.plan import ReuseOptions, plan_reuse
 from engine.params import ProgramHint, SamplingParams
 from engine.request import Request
 from engine.scheduler import Scheduler, make_policy

@@ -50,7 +50,7 @@ def test_retention_pins_with_predicted_ttls_and_records_them(tmp_path, tiny_mode
     db = str(tmp_path / "ret.db")
     backend = EmbeddedBackend(model=str(tiny_model_dir), kv_cache_tokens=4096, scheduling_policy="program")
     engine = backend.aengine.engine
-    retention = Retention("fixed", engine)  # per-tool mean: 2 s pins while bash calls are short
+    retention = Retention("fixed")  # per-tool mean: 2 s pins while bash calls are short
 
     async def agent(ctx, task):
         ctx.user("start")
@@ -80,26 +80,16 @@ def test_small_replay_agentrt_recomputes_less_than_vllm(default_model_dir):
     Real time, so the counts vary from run to run: at 56 blocks vLLM-like recomputed 1,401-1,417
     tokens and agentrt 697-937 with 13-16 of 20 pins hit (5 runs); at 64 blocks the gap was 3%
     (537 vs 521) and the comparison flaky. The simulator's test asserts the same rule in virtual time."""
-    from agentrt.bench_jct import replay_prior, run_policy
+    from agentrt.replay import replay_prior
+    from benchmarks.jct import run_preset
 
     tok = load_tokenizer(default_model_dir)
     options = dict(scale=0.08, max_output_tokens=12, max_context_tokens=1200, tool_time_scale=0.5)
     sessions = load_sessions(TRACES, tok, seed=0, **options)
     prior = replay_prior(load_sessions(TRACES, tok, seed=1, **options))
     args = argparse.Namespace(model=str(default_model_dir), kv_blocks=56, max_num_seqs=8, db=None, rate=4.0, seed=0)
-    vllm = run_policy("vllm", sessions, args, prior)
-    ours = run_policy("agentrt", sessions, args, prior)
+    vllm = run_preset("fcfs", sessions, args, prior)
+    ours = run_preset("agentrt", sessions, args, prior)
     assert vllm["finished"] == ours["finished"] == len(sessions)
     assert vllm["pins"] == 0 and ours["pins"] > 0 and ours["pin_hits"] > ours["pins"] // 2
     assert ours["recomputed_prefill_tokens"] < vllm["recomputed_prefill_tokens"]
-
-
-def test_policy_engine_options_and_the_protected_pins_ablation():
-    from agentrt.bench_jct import POLICIES, engine_options
-
-    assert engine_options("vllm") == {"scheduling_policy": "fcfs", "profile_reload": False}
-    assert engine_options("continuum-fixed") == {"scheduling_policy": "program", "profile_reload": True}
-    # the ablation differs from continuum-fixed only by the rule agentrt adds
-    assert engine_options("continuum-fixed-protected") == {**engine_options("continuum-fixed"), "protect_earlier_pins": True}
-    assert POLICIES["continuum-fixed-protected"] == POLICIES["continuum-fixed"]
-    assert engine_options("agentrt")["protect_earlier_pins"] is True

@@ -38,7 +38,7 @@ def finish_one(engine, rid):
 
 def turn(engine, pid, prompt, turn_no=0, ttl=None, last=False, **kw):
     return engine.add_request(prompt, OUT, hint=ProgramHint(pid, turn_no, last),
-                              retention=(lambda out: ttl) if ttl is not None else None, **kw)
+                              retention=(lambda out, snapshot: ttl) if ttl is not None else None, **kw)
 
 
 def test_pin_holds_blocks_until_the_next_turn_hits_them(tiny_model_dir):
@@ -102,7 +102,7 @@ def test_last_turn_is_never_pinned_and_ends_the_program(tiny_model_dir):
     out = finish_one(e, turn(e, "A", tokens(40, 1), ttl=30.0))
     assert "A" in e.pins.pins and "A" in e.scheduler.program_arrival
     finish_one(e, turn(e, "A", tokens(40, 1) + out.token_ids, turn_no=1, ttl=30.0, last=True))
-    assert not e.pins.pins and "A" not in e.scheduler.program_arrival and "A" not in e.program_context
+    assert not e.pins.pins and "A" not in e.scheduler.program_arrival and "A" not in e.programs.context_tokens
     assert e.pool.num_free == e.pool.num_blocks
 
 

@@ -153,7 +153,7 @@ def test_random_workloads_finish_every_request_exactly_once(tiny_model_dir, leng
         if n + out_tokens <= engine.max_model_len:
             hint = ProgramHint(f"prog{i % 3}", turn=i // 3)
             ids.append(engine.add_request(p, params, hint=hint,
-                                          retention=(lambda out: pin_ttl) if pin_ttl else None))
+                                          retention=(lambda out, snapshot: pin_ttl) if pin_ttl else None))
     done, aborted, step = {}, set(), 0
     while engine.has_unfinished_requests():
         if step == abort_at and ids:

@@ -3,8 +3,15 @@
 affinity across several servers) and `stub` (instant canned replies, to measure the runtime itself)."""
 
 from agentrt.backends.base import Backend, BackendError
-from agentrt.backends.embedded import EmbeddedBackend
 from agentrt.backends.openai_http import OpenAIBackend
 from agentrt.backends.stub import StubBackend
 
 __all__ = ["Backend", "BackendError", "EmbeddedBackend", "OpenAIBackend", "StubBackend"]
+
+
+def __getattr__(name: str):
+    if name == "EmbeddedBackend":  # loads the engine, and torch with it, only when asked for
+        from agentrt.backends.embedded import EmbeddedBackend
+
+        return EmbeddedBackend
+    raise AttributeError(f"module 'agentrt.backends' has no attribute {name!r}")

@@ -1,15 +1,21 @@
-"""The in-process engine as a backend: chat template, `AsyncEngine.complete`, engine timings in epoch seconds."""
+"""The in-process engine as a backend: chat template, `AsyncEngine.complete`, engine timings in epoch seconds.
+
+`EmbeddedBackend(preset="agentrt")` builds its engine with the preset's options (agentrt/presets.py);
+a `Runtime` over it then runs the preset's retention policy. It reads the engine only through its
+published `EngineSnapshot` and request outputs.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
-import time
-
-from engine import AsyncEngine, EngineConfig
+from engine.async_engine import AsyncEngine
+from engine.config import EngineConfig
 from engine.params import ProgramHint, SamplingParams
 
 from agentrt.backends.base import Backend
+from agentrt.presets import Preset, get_preset
 from agentrt.types import ChatReply, LLMTimings
 
 
@@ -20,9 +26,17 @@ def _epoch(monotonic_t: float | None, now_wall: float, now_mono: float) -> float
 class EmbeddedBackend(Backend):
     name = "embedded"
 
-    def __init__(self, engine: AsyncEngine | None = None, model: str | None = None, **engine_options):
-        self.aengine = engine or AsyncEngine(EngineConfig(model=model), **engine_options)
-        self.model_name = self.aengine.engine.model_dir.name
+    def __init__(self, engine: AsyncEngine | None = None, model: str | None = None, *,
+                 preset: str | Preset | None = None, **engine_options):
+        """`preset`: a name or `Preset` whose engine options come first (`engine_options` override them)."""
+        self.preset = get_preset(preset) if preset is not None else None
+        if engine is None:
+            options = {**(self.preset.engine_options() if self.preset else {}), **engine_options}
+            engine = AsyncEngine(EngineConfig(model=model), **options)
+        elif self.preset is not None or engine_options:
+            raise ValueError("pass a preset or engine options only when the backend builds its own engine")
+        self.aengine = engine
+        self.model_name = engine.engine.model_dir.name
 
     async def __aenter__(self) -> "EmbeddedBackend":
         await self.aengine.__aenter__()
@@ -35,7 +49,7 @@ class EmbeddedBackend(Backend):
                    tools: list[dict] | None = None, last_tool: str | None = None,
                    prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
         queued = time.time()
-        held = hint.program_id is not None and hint.program_id in self.aengine.engine.pins.pins
+        held = hint.program_id is not None and hint.program_id in self.aengine.engine.snapshot.pinned_programs
         prompt = self.aengine.engine.apply_chat_template(messages) + (prefill or "")
         out = await self.aengine.complete(prompt, params, hint=hint, retention=retention)
         if out.finish_reason == "error":  # the engine dropped this request (e.g. out of memory): the program fails
@@ -48,9 +62,6 @@ class EmbeddedBackend(Backend):
                          len(out.token_ids), timings, pin_held=held, reused_tokens=out.num_reused_tokens)
 
     def sample(self) -> dict:
-        e = self.aengine.engine
-        pins = list(e.pins.pins.values())  # one C-level copy: the engine thread mutates the dict
-        return {"blocks_total": e.pool.num_blocks, "blocks_free": e.pool.num_free,
-                "blocks_used": e.pool.num_blocks - e.pool.num_free,
-                "blocks_pinned": len({b.block_id for p in pins for b in p.blocks}),
-                "running": len(e.scheduler.running), "waiting": len(e.scheduler.waiting)}
+        s = self.aengine.engine.snapshot  # immutable: safe to read while the engine thread steps
+        return {"blocks_total": s.num_blocks, "blocks_free": s.num_free_blocks, "blocks_used": s.num_used_blocks,
+                "blocks_pinned": s.num_pinned_blocks, "running": s.num_running, "waiting": s.num_waiting}

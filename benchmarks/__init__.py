@@ -1,0 +1,1 @@
+"""Experiments, not product: benchmark drivers, calibrations and evaluations (run from the repository root, `python -m benchmarks.NAME`). No package imports this one."""

@@ -1,0 +1,41 @@
+"""The machine a benchmark ran on, for its result file: CPU model and flags, cores, GPU, versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "fma")
+
+
+def _cpuinfo() -> dict:
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def machine_info() -> dict:
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    out = {
+        "cpu_model": info.get("model name", platform.processor() or platform.machine()),
+        "cpu_flags": sorted(f for f in _FLAGS_OF_INTEREST if f in flags),
+        "cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
+    }
+    for package in ("torch", "agentrt"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
