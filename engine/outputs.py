@@ -26,7 +26,7 @@ class OutputProcessor:
         if not p.ignore_eos and tok in self.eos_token_ids:
             return self.finish(req, "stop")
         if p.stop or req.stream:
-            seen = len(req.text)
+            seen = len(req.detok.text)
             self._detokenize(req)
             if p.stop and self._match_stop_string(req, seen):
                 return
@@ -37,23 +37,22 @@ class OutputProcessor:
         """Incremental detokenization: decode from a few tokens back so that merges and multi-byte
         characters come out right, and hold back text that still ends in a partial character
         (unless `flush`: the request is over and what is there is final)."""
-        skip = req.params.skip_special_tokens
-        ids = req.token_ids
-        prefix = self.tokenizer.decode(ids[req.prefix_offset:req.read_offset], skip_special_tokens=skip)
-        full = self.tokenizer.decode(ids[req.prefix_offset:], skip_special_tokens=skip)
+        skip, ids, d = req.params.skip_special_tokens, req.token_ids, req.detok
+        prefix = self.tokenizer.decode(ids[d.prefix_offset:d.read_offset], skip_special_tokens=skip)
+        full = self.tokenizer.decode(ids[d.prefix_offset:], skip_special_tokens=skip)
         if len(full) > len(prefix) and (flush or not full.endswith("\ufffd")):
-            req.text += full[len(prefix):]
-            req.prefix_offset, req.read_offset = req.read_offset, len(ids)
+            d.text += full[len(prefix):]
+            d.prefix_offset, d.read_offset = d.read_offset, len(ids)
 
     def _match_stop_string(self, req: Request, seen: int) -> bool:
         """Finds a stop string that ends in the text added since `seen` characters."""
         stops = req.params.stop
         tail_start = max(0, seen - max(len(s) for s in stops) + 1)
-        hits = [(at, s) for s in stops if (at := req.text.find(s, tail_start)) >= 0]
+        hits = [(at, s) for s in stops if (at := req.detok.text.find(s, tail_start)) >= 0]
         if not hits:
             return False
         at, s = min(hits)
-        req.text = req.text[: at + len(s) if req.params.include_stop_str_in_output else at]
+        req.detok.text = req.detok.text[: at + len(s) if req.params.include_stop_str_in_output else at]
         self.finish(req, "stop", s)
         return True
 
@@ -66,22 +65,24 @@ class OutputProcessor:
     def output(self, req: Request) -> RequestOutput:
         """req's snapshot for the caller; advances what it has been shown."""
         if req.finished and not (req.params.stop or req.stream):
-            req.text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=req.params.skip_special_tokens)
+            skip = req.params.skip_special_tokens
+            req.detok.text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=skip)
         elif req.finished and not isinstance(req.stop_reason, str):
             self._detokenize(req, flush=True)
         # stream out only text that a stop string could no longer cut back
+        d = req.detok
         hold = 0 if req.finished or not req.params.stop else max(len(s) for s in req.params.stop) - 1
-        visible = max(len(req.text) - hold, req.emitted_text_len)
+        visible = max(len(d.text) - hold, d.emitted_text_len)
         out = RequestOutput(
             request_id=req.request_id, prompt=req.prompt,
             prompt_token_ids=req.token_ids[: req.num_prompt_tokens],
-            token_ids=req.output_token_ids, text=req.text[:visible], finished=req.finished,
+            token_ids=req.output_token_ids, text=d.text[:visible], finished=req.finished,
             finish_reason=req.finish_reason, stop_reason=req.stop_reason,
-            delta_token_ids=req.token_ids[req.num_prompt_tokens + req.emitted_tokens:],
-            delta_text=req.text[req.emitted_text_len:visible],
+            delta_token_ids=req.token_ids[req.num_prompt_tokens + d.emitted_tokens:],
+            delta_text=d.text[d.emitted_text_len:visible],
             logprobs=req.logprobs, num_cached_tokens=req.num_cached_tokens,
             num_reused_tokens=req.num_reused_tokens, metrics=req.metrics,
         )
-        req.emitted_tokens = req.num_output_tokens
-        req.emitted_text_len = visible
+        d.emitted_tokens = req.num_output_tokens
+        d.emitted_text_len = visible
         return out

@@ -41,19 +41,31 @@ class TokenLogprob:
     top: list[tuple[int, float]]  # (token id, logprob), best first
 
 
+@dataclass(slots=True)
+class Detokenization:
+    """A request's incremental detokenization (engine/outputs.py; used when streaming or matching
+    stop strings): the output text so far, the token window it was decoded from, and how much of
+    it callers have been shown."""
+
+    prefix_offset: int  # decoding restarts a few tokens back, so merges come out right
+    read_offset: int  # tokens before this are in `text`
+    text: str = ""
+    emitted_tokens: int = 0
+    emitted_text_len: int = 0
+
+
 class Request:
     __slots__ = (
         "request_id", "prompt", "token_ids", "num_prompt_tokens", "params", "hint", "seq_no",
         "status", "finish_reason", "stop_reason", "blocks", "block_hashes", "num_computed_tokens",
         "num_committed_blocks",
-        "num_cached_tokens", "generator", "logprobs", "metrics", "stream",
-        "text", "prefix_offset", "read_offset", "emitted_tokens", "emitted_text_len", "salt",
+        "num_cached_tokens", "generator", "logprobs", "metrics", "stream", "detok", "salt",
         "retention", "pin_hit", "exact_tokens", "reuse", "hit_rate", "prefill_work", "num_reused_tokens",
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
                  params: SamplingParams, hint: ProgramHint | None = None, stream: bool = False,
-                 arrival_time: float | None = None, retention: Callable[["RequestOutput"], float] | None = None):
+                 arrival_time: float | None = None, retention: Callable | None = None):
         self.request_id = request_id
         self.prompt = prompt
         self.token_ids = list(prompt_token_ids)
@@ -83,12 +95,7 @@ class Request:
         self.hit_rate = 0.0  # share of the prompt cached at arrival
         self.prefill_work = float(len(self.token_ids))  # prefill token-equivalents left at arrival (cache-aware's key)
         self.num_reused_tokens = 0  # prompt tokens whose KV was copied from other positions at first admission
-        # incremental detokenization state (used when streaming or matching stop strings)
-        self.text = ""
-        self.prefix_offset = max(self.num_prompt_tokens - 5, 0)
-        self.read_offset = self.num_prompt_tokens
-        self.emitted_tokens = 0
-        self.emitted_text_len = 0
+        self.detok = Detokenization(max(self.num_prompt_tokens - 5, 0), self.num_prompt_tokens)
 
     @property
     def num_tokens(self) -> int:

@@ -45,11 +45,12 @@ class PinManager:
         self.pool = pool
         self.pins: dict[str, Pin] = {}
         self.stats = PinStats()
+        self._pinned: dict[int, int] = {}  # block id -> pins holding it (kept as pins come and go: read every step)
 
     @property
     def num_pinned_blocks(self) -> int:
         """Distinct blocks held by pins (programs sharing a prefix may pin the same block)."""
-        return len({b.block_id for p in self.pins.values() for b in p.blocks})
+        return len(self._pinned)
 
     def pin(self, program_id: str, blocks: list[Block], ttl_s: float, now: float, program_arrival: float) -> None:
         """Pins `blocks` (which must be cached full blocks) for `ttl_s` seconds."""
@@ -58,6 +59,8 @@ class PinManager:
             return
         self.pool.acquire(blocks)
         self.pins[program_id] = Pin(program_id, list(blocks), now, now + ttl_s, program_arrival)
+        for b in blocks:
+            self._pinned[b.block_id] = self._pinned.get(b.block_id, 0) + 1
         self.stats.pins += 1
 
     def release(self, program_id: str, now: float) -> bool:
@@ -66,6 +69,11 @@ class PinManager:
             return False
         self.stats.pinned_block_seconds += len(pin.blocks) * max(0.0, now - pin.created_at)
         self.pool.release(pin.blocks[::-1])
+        for b in pin.blocks:
+            if self._pinned[b.block_id] == 1:
+                del self._pinned[b.block_id]
+            else:
+                self._pinned[b.block_id] -= 1
         return True
 
     def take(self, program_id: str | None, now: float) -> bool:
