@@ -12,16 +12,33 @@ decode stage, and the reused tokens it picked last step join this step's forward
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 from engine.attention import AttentionMetadata, JoiningRows, PrefillSpan, make_attention_backend
 from engine.config import ModelConfig
 from engine.cuda_graphs import make_decode_graphs
-from engine.reuse.execute import Reuser
-from engine.reuse.plan import ReuseOptions
 from engine.model import LlamaModel
 from engine.request import Request
+from engine.reuse.execute import Reuser
+from engine.reuse.plan import ReuseOptions
+
+
+@dataclass(slots=True)
+class StepInputs:
+    """One step's flat model inputs, built from the scheduled requests (`ModelRunner._prepare`)."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # KV cache slot of each token
+    decode_idx: list[int] = field(default_factory=list)  # flat index of each decode row's token
+    logits_idx: list[int] = field(default_factory=list)  # flat tokens whose logits are sampled
+    sampling: list[Request] = field(default_factory=list)  # the requests those logits belong to
+    reusing: list[Request] = field(default_factory=list)  # KVShare prefills, run after the forward
+    probed: list[tuple[Request, int]] = field(default_factory=list)  # decode rows whose query the decode stage reads
+    joining: list[tuple[Request, int]] = field(default_factory=list)  # decode rows with a pending recompute
+    meta: AttentionMetadata | None = None
 
 
 class ModelRunner:
@@ -57,73 +74,69 @@ class ModelRunner:
             return self.graphs.run(token_ids, pos, meta).index_select(0, idx)
         return self.model(token_ids, pos, idx, self.attn, joining)
 
-    def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
-        """Runs one forward pass; returns logits [k, vocab] and the k requests they belong to."""
+    def _prepare(self, reqs: list[Request], num_new: list[int]) -> StepInputs:
+        """The step's flat inputs: each request's scheduled tokens as a decode row or a prefill span."""
         bs = self.block_size
-        tokens: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        logits_idx: list[int] = []
-        sampling: list[Request] = []
-        prefills: list[PrefillSpan] = []
-        dec_idx: list[int] = []
+        step = StepInputs()
         dec_tables: list[list[int]] = []
         dec_lens: list[int] = []
-        reusing: list[Request] = []
-        probed: list[Request] = []
-        probe_idx: list[int] = []
-        joining: list[tuple[Request, int]] = []  # requests with a pending decode-stage recompute, and their decode rows
+        prefills: list[PrefillSpan] = []
         for req, n in zip(reqs, num_new):
             start = req.num_computed_tokens
-            flat = len(tokens)
+            flat = len(step.tokens)
             ids = [b.block_id for b in req.blocks]
             if req.reuse is not None and not req.reuse.copied:
-                reusing.append(req)
+                step.reusing.append(req)
                 continue
             if n == 1 and start > 0:
                 if req.reuse is not None and req.reuse.remaining is not None:
-                    probed.append(req)
-                    probe_idx.append(flat)
+                    step.probed.append((req, flat))
                     if req.reuse.pending is not None:
-                        joining.append((req, len(dec_idx)))
-                tokens.append(req.token_ids[start])
-                positions.append(start)
-                slots.append(ids[start // bs] * bs + start % bs)
-                dec_idx.append(flat)
+                        step.joining.append((req, len(step.decode_idx)))
+                step.tokens.append(req.token_ids[start])
+                step.positions.append(start)
+                step.slots.append(ids[start // bs] * bs + start % bs)
+                step.decode_idx.append(flat)
                 dec_tables.append(ids)
                 dec_lens.append(start + 1)
             else:
                 end = start + n
-                tokens.extend(req.token_ids[start:end])
-                positions.extend(range(start, end))
-                slots.extend(ids[p // bs] * bs + p % bs for p in range(start, end))
+                step.tokens.extend(req.token_ids[start:end])
+                step.positions.extend(range(start, end))
+                step.slots.extend(ids[p // bs] * bs + p % bs for p in range(start, end))
                 tiles = self.attn.tile_rows(self._tensor(ids[: -(-end // bs)])) if start else None
                 prefills.append(PrefillSpan(flat, flat + n, start, tiles))
             if start + n == req.num_tokens:
-                logits_idx.append(len(tokens) - 1)
-                sampling.append(req)
-        meta = AttentionMetadata(self._tensor(slots), prefills, None, None, None)
-        if dec_idx:
+                step.logits_idx.append(len(step.tokens) - 1)
+                step.sampling.append(req)
+        meta = step.meta = AttentionMetadata(self._tensor(step.slots), prefills, None, None, None)
+        if step.decode_idx:
             width = max(len(t) for t in dec_tables)
             for t in dec_tables:
                 t.extend([0] * (width - len(t)))
-            meta.decode_token_idx = self._tensor(dec_idx)
+            meta.decode_token_idx = self._tensor(step.decode_idx)
             meta.decode_block_tables = self._tensor(dec_tables)
             meta.decode_ctx_lens = self._tensor(dec_lens)
-        if probed:
-            meta.probe_idx = self._tensor(probe_idx)
+        if step.probed:
+            meta.probe_idx = self._tensor([flat for _, flat in step.probed])
             meta.probe_layer = self.reuser.decode_probe_layer()
-        join = self.reuser.joining_rows(joining, meta, len(tokens)) if joining else None
+        return step
+
+    def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
+        """Runs one forward pass; returns logits [k, vocab] and the k requests they belong to."""
+        step = self._prepare(reqs, num_new)
+        tokens, meta, sampling, reusing = step.tokens, step.meta, step.sampling, step.reusing
+        join = self.reuser.joining_rows(step.joining, meta, len(tokens)) if step.joining else None
         t0 = time.perf_counter()
         logits = torch.empty(0)
         if tokens:
             self.attn.begin_step(meta)
             with torch.inference_mode():
-                logits = self._forward(meta, tokens, positions, logits_idx, join)
+                logits = self._forward(meta, tokens, step.positions, step.logits_idx, join)
         if join is not None:
             self.num_decode_recomputed += join.positions.shape[0]
         probe_q = self.attn.probe_q
-        for i, req in enumerate(probed):
+        for i, (req, _) in enumerate(step.probed):
             self.reuser.after_decode(req, probe_q[i])
         if reusing:
             rows = [self.reuser.prefill(req, req.reuse, req.num_computed_tokens) for req in reusing]
