@@ -255,8 +255,9 @@ def _hint(req: _GenerationRequest, headers: Mapping[str, str]) -> ProgramHint:
     program = req.program_id if req.program_id is not None else req.job_id
     if program is None:
         program = headers.get("x-agentrt-program-id")
+    given = req.model_fields_set  # a field the body sets wins even at its default (`"turn": 0`)
     turn = req.turn
-    if not turn and "x-agentrt-turn" in headers:
+    if "turn" not in given and "x-agentrt-turn" in headers:
         try:
             turn = int(headers["x-agentrt-turn"])
         except ValueError:
@@ -265,8 +266,10 @@ def _hint(req: _GenerationRequest, headers: Mapping[str, str]) -> ProgramHint:
     if last not in _TRUE + _FALSE:
         raise APIError(400, "header X-Agentrt-Last-Turn must be true or false", param="X-Agentrt-Last-Turn")
     tenant = req.tenant if req.tenant is not None else headers.get("x-agentrt-tenant")
+    body_last = req.is_last_turn or req.is_last_step
+    is_last = body_last if given & {"is_last_turn", "is_last_step"} else last in _TRUE
     return ProgramHint(program_id=None if program is None else str(program), turn=turn,
-                       is_last_turn=req.is_last_turn or req.is_last_step or last in _TRUE, tenant=tenant)
+                       is_last_turn=is_last, tenant=tenant)
 
 
 def _make_job(server: _Server, req: _GenerationRequest, prompt: str | list[int], max_tokens: int | None,

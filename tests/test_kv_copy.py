@@ -6,10 +6,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import kv_copy
+from kernels import _cc, kv_copy
 from kernels.fused import rope_ref
 
-pytestmark = pytest.mark.skipif(kv_copy._library() is None, reason="no working C compiler on this machine")
+# Only a machine without any C compiler skips; where one exists a failed build fails the tests
+# (kernels/_cc.py raises KernelBuildError with the compiler's output).
+pytestmark = pytest.mark.skipif(_cc.compiler() is None, reason="no C compiler (cc or gcc) on PATH, or not Linux")
+
+
+def test_the_c_kernel_is_what_runs_on_float32_cpu_caches(monkeypatch):
+    """The comparisons below are C against torch only if the C path is taken: count the reference's calls."""
+    assert kv_copy._library() is not None
+    ref_calls = []
+    real = kv_copy.copy_reused_kv_ref_
+    monkeypatch.setattr(kv_copy, "copy_reused_kv_ref_", lambda *a, **k: ref_calls.append(1) or real(*a, **k))
+    k, v = _caches()
+    src, dst = torch.arange(16, 32), torch.arange(200, 216)
+    kv_copy.copy_reused_kv_(k, v, src, dst, dst - src, _inv_freq(64), range(4))
+    assert ref_calls == []
+    kv_copy.copy_reused_kv_(k.to(torch.bfloat16), v.to(torch.bfloat16), src, dst, dst - src, _inv_freq(64), range(4))
+    assert ref_calls == [1]  # no C kernel for bfloat16: the reference
 
 
 def _caches(layers=4, blocks=32, kv_heads=3, block_size=16, head_dim=64, seed=0):

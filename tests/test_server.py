@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+import torch
 
 from agentrt.server import _streamable_content, create_app, hermes_to_openai, run_server
 from engine import AsyncEngine, ConfigError, EngineConfig, ProgramHint
@@ -29,8 +30,9 @@ TOOLS = [{"type": "function", "function": {
 RecordingEngine = recording_engine_class()
 
 
-def wait_idle(engine, timeout: float = 5.0) -> None:
-    """Polls until no request is left in the engine and every KV block is free."""
+def wait_idle(engine, timeout: float = 120.0) -> None:
+    """Polls until no request is left in the engine and every KV block is free (an idle machine
+    drains in milliseconds; the bound only keeps a broken drain from hanging the run)."""
     deadline = time.monotonic() + timeout
     while engine.has_unfinished_requests() or engine.pool.num_free != engine.pool.num_blocks:
         assert time.monotonic() < deadline, f"engine not idle: {engine.requests}, {engine.pool.num_free} free"
@@ -57,6 +59,36 @@ def client(tiny_server) -> openai.OpenAI:
 
 def sse_events(response: httpx.Response) -> list[str]:
     return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+
+
+@pytest.fixture()
+def forced(tiny_server):
+    """`forced[program_id] = text` makes the server's greedy requests of that program generate
+    exactly `text` then EOS (through `Engine.on_logits`), so replies hold what a test needs."""
+    engine = tiny_server[1].engine
+    tok = engine.tokenizer
+    texts: dict[str, str] = {}
+
+    def on_logits(reqs, logits):
+        with torch.inference_mode():
+            for row, req in enumerate(reqs):
+                if req.hint.program_id in texts:
+                    ids = tok.encode(texts[req.hint.program_id], add_special_tokens=False)
+                    k = req.num_output_tokens
+                    logits[row].fill_(float("-inf"))
+                    logits[row, ids[k] if k < len(ids) else tok.eos_token_id] = 0.0
+
+    engine.on_logits = on_logits
+    try:
+        yield texts
+    finally:
+        engine.on_logits = None
+
+
+def metric_values(url: str) -> dict[str, float]:
+    r = httpx.get(f"{url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {line.split()[0]: float(line.split()[1]) for line in r.text.splitlines() if not line.startswith("#")}
 
 
 def assert_served(http: httpx.Client) -> None:
@@ -130,17 +162,26 @@ def test_models_health_and_metrics(client, tiny_server):
     assert [m.id for m in client.models.list()] == [MODEL]
     url, aengine = tiny_server
     assert httpx.get(f"{url}/health").json() == {"status": "ok"}  # open without a key
-    client.completions.create(model=MODEL, prompt="hello", max_tokens=2)
     wait_idle(aengine.engine)
-    r = httpx.get(f"{url}/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    values = {line.split()[0]: float(line.split()[1]) for line in r.text.splitlines() if not line.startswith("#")}
-    for counter in ("agentrt_requests_total", "agentrt_prompt_tokens_total", "agentrt_generation_tokens_total"):
-        assert values[counter] >= 1
-        assert f"# TYPE {counter} counter" in r.text
-    assert values["agentrt_prefix_cache_hit_tokens_total"] >= 0
-    assert values["agentrt_kv_blocks_free"] == values["agentrt_kv_blocks_total"] == aengine.engine.pool.num_blocks
-    assert values["agentrt_requests_running"] == values["agentrt_requests_waiting"] == 0
+    before = metric_values(url)
+    # the same 40-token prompt twice: the second finds its first two 16-token blocks cached
+    prompt = list(range(200, 240))
+    usages = [client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0,
+                                        extra_body={"ignore_eos": True}).usage for _ in range(2)]
+    assert [u.prompt_tokens_details.cached_tokens for u in usages] == [0, 32]
+    wait_idle(aengine.engine)
+    after = metric_values(url)
+    moved = {k: after[k] - before[k] for k in after}
+    assert moved["agentrt_requests_total"] == 2
+    assert moved["agentrt_prompt_tokens_total"] == 2 * 40
+    assert moved["agentrt_generation_tokens_total"] == 2 * 3
+    assert moved["agentrt_prefix_cache_hit_tokens_total"] == 32
+    text = httpx.get(f"{url}/metrics").text
+    for counter in ("agentrt_requests_total", "agentrt_prompt_tokens_total", "agentrt_generation_tokens_total",
+                    "agentrt_prefix_cache_hit_tokens_total"):
+        assert f"# TYPE {counter} counter" in text
+    assert after["agentrt_kv_blocks_free"] == after["agentrt_kv_blocks_total"] == aengine.engine.pool.num_blocks
+    assert after["agentrt_requests_running"] == after["agentrt_requests_waiting"] == 0
 
 
 # ---- errors --------------------------------------------------------------------------------------
@@ -233,6 +274,13 @@ def test_program_hints_from_headers_for_clients_that_cannot_add_body_fields(clie
     client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_headers=headers,
                               extra_body={"program_id": "body-1", "turn": 5})
     assert aengine.hints[-1] == ProgramHint(program_id="body-1", turn=5, is_last_turn=True, tenant="acme")
+    # ... also when the body's value is the default: an explicit first turn, not the last one
+    client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_headers=headers,
+                              extra_body={"turn": 0, "is_last_turn": False})
+    assert aengine.hints[-1] == ProgramHint(program_id="bfcl-3", turn=0, is_last_turn=False, tenant="acme")
+    client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_headers=headers,
+                              extra_body={"is_last_step": False})  # vllm-continuum's name for it
+    assert aengine.hints[-1] == ProgramHint(program_id="bfcl-3", turn=2, is_last_turn=False, tenant="acme")
     before = len(aengine.hints)
     for name, value in (("X-Agentrt-Turn", "two"), ("X-Agentrt-Last-Turn", "maybe")):
         r = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}, headers={name: value})
@@ -240,26 +288,53 @@ def test_program_hints_from_headers_for_clients_that_cannot_add_body_fields(clie
     assert len(aengine.hints) == before  # refused before reaching the engine
 
 
-def test_chat_with_tools_and_tool_messages(client, http):
+CALL_TEXT = 'Let me look.\n<tool_call>\n{"name": "bash", "arguments": {"cmd": "ls -la"}}\n</tool_call>'
+
+
+def test_a_reply_that_calls_a_tool_comes_back_as_structured_tool_calls(client, forced):
+    forced["caller"] = CALL_TEXT
+    kw = dict(model=MODEL, messages=HELLO, tools=TOOLS, temperature=0, max_tokens=64,
+              extra_body={"program_id": "caller"})
+    choice = client.chat.completions.create(**kw).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me look.\n"
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "bash"
+    assert json.loads(call.function.arguments) == {"cmd": "ls -la"}
+    # streamed: the text before the call as content (no piece of the tag ever shows), then the call
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "Let me look.\n"
+    deltas = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls for tc in c.choices[0].delta.tool_calls]
+    assert [(d.index, d.function.name, json.loads(d.function.arguments)) for d in deltas] == [
+        (0, "bash", {"cmd": "ls -la"})]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    # a reply without a call, with tools offered, is plain content
+    forced["caller"] = "No tool is needed."
+    plain = client.chat.completions.create(**kw).choices[0]
+    assert plain.finish_reason == "stop" and plain.message.content == "No tool is needed."
+    assert not plain.message.tool_calls
+
+
+def test_chat_with_tools_and_tool_messages(client, http, forced):
     plain = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
     resp = client.chat.completions.create(model=MODEL, messages=HELLO, tools=TOOLS, max_tokens=16)
     assert resp.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the tool listing is in the prompt
-    choice = resp.choices[0]
-    if choice.finish_reason == "tool_calls":
-        assert all(json.loads(c.function.arguments) is not None for c in choice.message.tool_calls)
-    else:
-        assert isinstance(choice.message.content, str) and not choice.message.tool_calls
     history = HELLO + [
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": '{"cmd": "ls"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "README.md"}]
     follow = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS, max_tokens=4)
     assert follow.usage.prompt_tokens > resp.usage.prompt_tokens
+    # the follow-up turn calls the tool again, streamed over plain HTTP
+    forced["follow"] = CALL_TEXT
     with http.stream("POST", "/v1/chat/completions", json={"model": MODEL, "messages": history, "tools": TOOLS,
-                                                          "max_tokens": 8, "stream": True}) as r:
+                                                          "max_tokens": 64, "temperature": 0, "stream": True,
+                                                          "program_id": "follow"}) as r:
         events = sse_events(r)
     assert r.status_code == 200 and events[-1] == "[DONE]"
-    assert json.loads(events[-2])["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+    last = json.loads(events[-2])["choices"][0]
+    assert last["finish_reason"] == "tool_calls"
+    assert [c["function"] for c in last["delta"]["tool_calls"]] == [{"name": "bash", "arguments": '{"cmd": "ls -la"}'}]
 
 
 def test_hermes_text_becomes_openai_tool_calls():
