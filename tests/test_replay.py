@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from agentrt import EmbeddedBackend, Runtime, SamplingParams, ToolCall
 from agentrt.replay import bucket_pause_s, load_sessions
 from agentrt.retention import Retention
 from agentrt.store import ToolCallRow, read_rows
+from engine import AsyncEngine, Engine
 from engine.loader import load_tokenizer
+from engine.sim import VirtualClock
 
 TRACES = Path(__file__).parent / "data" / "agent-traces-sample"
 
@@ -47,9 +50,13 @@ def test_bucket_pauses_follow_the_swe_table():
 
 
 def test_retention_pins_with_predicted_ttls_and_records_them(tmp_path, tiny_model_dir):
+    """Every turn but the last pins its KV for the fixed policy's 2 s, and every next turn hits the
+    pin. The engine's clock stands still here, so a pin cannot expire however slowly a loaded machine
+    runs the turns and tools in between (expiry itself is tested on a virtual clock, test_retention.py)."""
     db = str(tmp_path / "ret.db")
-    backend = EmbeddedBackend(model=str(tiny_model_dir), kv_cache_tokens=4096, scheduling_policy="program")
-    engine = backend.aengine.engine
+    frozen = VirtualClock(time.monotonic())
+    engine = Engine(model=str(tiny_model_dir), kv_cache_tokens=4096, scheduling_policy="program", clock=frozen)
+    backend = EmbeddedBackend(AsyncEngine(engine))
     retention = Retention("fixed")  # per-tool mean: 2 s pins while bash calls are short
 
     async def agent(ctx, task):
@@ -67,7 +74,8 @@ def test_retention_pins_with_predicted_ttls_and_records_them(tmp_path, tiny_mode
     res = rt.run(agent, range(3))
     assert [p.status for p in res.programs] == ["finished"] * 3
     stats = engine.pins.stats
-    assert stats.pins == 6 and stats.hits == 6 and not engine.pins.pins  # every next turn came back in time
+    assert stats.pins == 6 and stats.hits == 6 and not engine.pins.pins  # every next turn found its pin
+    assert stats.expiries == 0 and stats.forced_releases == 0 and stats.last_turn_releases == 0
     rows = read_rows(db, ToolCallRow)
     assert len(rows) == 6 and all(r["ttl_s"] == 2.0 and r["predicted_duration_s"] is not None for r in rows[1:])
     assert retention.turn_counts == [3, 3, 3] and not retention.histories
