@@ -47,21 +47,6 @@ class AttentionMetadata:
     decode_token_idx: torch.Tensor | None  # [num_decodes] flat index of each decode query
     decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64, padded with block 0
     decode_ctx_lens: torch.Tensor | None  # [num_decodes] int64: tokens each decode attends to
-    probe_idx: torch.Tensor | None = None  # flat tokens whose query `observe` keeps at probe_layer
-    probe_layer: int = -1
-
-
-@dataclass(slots=True)
-class JoiningRows:
-    """Rows that join a step's forward at `layer` with hidden states of their own, appended after the
-    step's tokens (KVShare's decode-stage recompute, which starts past the check layer): from that
-    layer on, the backend reads `meta`, the step's metadata with their slots added and each of them
-    as one more decode entry (a query at its own position, keys up to it)."""
-
-    layer: int
-    hidden: torch.Tensor  # [k, hidden_size]
-    positions: torch.Tensor  # [k]
-    meta: AttentionMetadata
 
 
 class AttentionBackend:
@@ -71,7 +56,6 @@ class AttentionBackend:
         self.k_cache, self.v_cache = k_cache, v_cache
         _, self.num_blocks, self.kv_heads, self.block_size, self.head_dim = k_cache.shape
         self.meta: AttentionMetadata | None = None
-        self.probe_q: torch.Tensor | None = None
 
     def tile_rows(self, block_ids: torch.Tensor) -> torch.Tensor:
         """[..., n] block ids -> [..., kv_heads * n] rows of the `[blocks * kv_heads, bs * hd]` view, head-major."""
@@ -81,14 +65,6 @@ class AttentionBackend:
 
     def begin_step(self, meta: AttentionMetadata) -> None:
         self.meta = meta
-        self.probe_q = None
-
-    def observe(self, layer: int, q: torch.Tensor) -> None:
-        """Called by the model before `forward`: keeps the probed tokens' queries at the probe layer
-        (KVShare's decode stage reads them to see where attention has moved)."""
-        meta = self.meta
-        if meta.probe_idx is not None and layer == meta.probe_layer:
-            self.probe_q = q.index_select(0, meta.probe_idx)
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -34,7 +34,7 @@ class DecodeGraphs:
         self.pool = None  # one memory pool shared by every bucket's graph
 
     def can_run(self, meta: AttentionMetadata) -> bool:
-        return (not meta.prefills and meta.decode_block_tables is not None and meta.probe_idx is None
+        return (not meta.prefills and meta.decode_block_tables is not None
                 and meta.decode_block_tables.shape[0] <= self.buckets[-1]
                 and meta.decode_block_tables.shape[1] <= self.block_tables.shape[1])
 

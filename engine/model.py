@@ -15,11 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import AttentionBackend, JoiningRows
+from engine.attention import AttentionBackend
 from engine.config import ModelConfig
 from kernels import fused
 from kernels.fused import rms_norm_ref as rms_norm
 from kernels.fused import rope_ref as apply_rope
+
+
+class LayerHook:
+    """A step's hook into the model's layers: one generic interface, so the model knows nothing of
+    who uses it (KV reuse's decode stage does: engine/reuse/execute.py). A plain step has none."""
+
+    def before_layer(self, index: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """May add rows to the step (hidden states x, their RoPE cos/sin) before layer `index`."""
+        return x, cos, sin
+
+    def after_qkv(self, index: int, q: torch.Tensor) -> None:
+        """Sees layer `index`'s queries [n, H, D] before its attention."""
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -124,9 +137,10 @@ class DecoderLayer(nn.Module):
         gate, up = linear(h, self.gate_up).chunk(2, dim=-1)
         return x + linear(F.silu(gate) * up, self.down)
 
-    def forward(self, x, cos, sin, attn: AttentionBackend):
+    def forward(self, x, cos, sin, attn: AttentionBackend, hook: LayerHook | None = None):
         q, k, v = self.qkv_proj(x, cos, sin)
-        attn.observe(self.index, q)
+        if hook is not None:
+            hook.after_qkv(self.index, q)
         return self.finish(x, attn.forward(self.index, q, k, v))
 
 
@@ -143,18 +157,15 @@ class LlamaModel(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, logits_indices: torch.Tensor,
-                attn: AttentionBackend, joining: JoiningRows | None = None) -> torch.Tensor:
+                attn: AttentionBackend, hook: LayerHook | None = None) -> torch.Tensor:
         """Returns float32 logits for the tokens at `logits_indices` only (the ones that sample);
-        `joining` rows enter at their layer, after the tokens, and give no logits."""
+        rows a `hook` adds come after the tokens and give no logits."""
         x = F.embedding(token_ids, self.embed)
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         for layer in self.layers:
-            if joining is not None and layer.index == joining.layer:
-                x = torch.cat([x, joining.hidden.to(x.dtype)])
-                jc, js = rope_cos_sin(self.inv_freq, joining.positions, x.dtype)
-                cos, sin = torch.cat([cos, jc]), torch.cat([sin, js])
-                attn.begin_step(joining.meta)
-            x = layer(x, cos, sin, attn)
+            if hook is not None:
+                x, cos, sin = hook.before_layer(layer.index, x, cos, sin, attn)
+            x = layer(x, cos, sin, attn, hook)
         return self.logits(x.index_select(0, logits_indices))
 
     def use_fused_kernels(self) -> None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.attention import AttentionMetadata, JoiningRows, PrefillSpan, make_attention_backend
+from engine.attention import AttentionMetadata, PrefillSpan, make_attention_backend
 from engine.config import ModelConfig
 from engine.cuda_graphs import make_decode_graphs
-from engine.model import LlamaModel
+from engine.model import LayerHook, LlamaModel
 from engine.request import Request
 from engine.reuse.execute import Reuser
 from engine.reuse.plan import ReuseOptions
@@ -68,11 +68,11 @@ class ModelRunner:
         return torch.tensor(data, dtype=torch.int64, device=self.device)
 
     def _forward(self, meta: AttentionMetadata, tokens: list[int], positions: list[int],
-                 logits_idx: list[int], joining: JoiningRows | None) -> torch.Tensor:
+                 logits_idx: list[int], hook: LayerHook | None) -> torch.Tensor:
         token_ids, pos, idx = self._tensor(tokens), self._tensor(positions), self._tensor(logits_idx)
-        if self.graphs is not None and joining is None and self.graphs.can_run(meta):
+        if self.graphs is not None and hook is None and self.graphs.can_run(meta):
             return self.graphs.run(token_ids, pos, meta).index_select(0, idx)
-        return self.model(token_ids, pos, idx, self.attn, joining)
+        return self.model(token_ids, pos, idx, self.attn, hook)
 
     def _prepare(self, reqs: list[Request], num_new: list[int]) -> StepInputs:
         """The step's flat inputs: each request's scheduled tokens as a decode row or a prefill span."""
@@ -117,27 +117,23 @@ class ModelRunner:
             meta.decode_token_idx = self._tensor(step.decode_idx)
             meta.decode_block_tables = self._tensor(dec_tables)
             meta.decode_ctx_lens = self._tensor(dec_lens)
-        if step.probed:
-            meta.probe_idx = self._tensor([flat for _, flat in step.probed])
-            meta.probe_layer = self.reuser.decode_probe_layer()
         return step
 
     def execute(self, reqs: list[Request], num_new: list[int]) -> tuple[torch.Tensor, list[Request]]:
         """Runs one forward pass; returns logits [k, vocab] and the k requests they belong to."""
         step = self._prepare(reqs, num_new)
         tokens, meta, sampling, reusing = step.tokens, step.meta, step.sampling, step.reusing
-        join = self.reuser.joining_rows(step.joining, meta, len(tokens)) if step.joining else None
+        hook = self.reuser.step_hook(step.probed, step.joining, meta, len(tokens)) if self.reuser else None
         t0 = time.perf_counter()
         logits = torch.empty(0)
         if tokens:
             self.attn.begin_step(meta)
             with torch.inference_mode():
-                logits = self._forward(meta, tokens, step.positions, step.logits_idx, join)
-        if join is not None:
-            self.num_decode_recomputed += join.positions.shape[0]
-        probe_q = self.attn.probe_q
-        for i, (req, _) in enumerate(step.probed):
-            self.reuser.after_decode(req, probe_q[i])
+                logits = self._forward(meta, tokens, step.positions, step.logits_idx, hook)
+        if hook is not None:
+            self.num_decode_recomputed += hook.num_joining
+            for i, (req, _) in enumerate(step.probed):
+                self.reuser.after_decode(req, hook.probe_q[i])
         if reusing:
             rows = [self.reuser.prefill(req, req.reuse, req.num_computed_tokens) for req in reusing]
             logits = torch.cat([logits.view(-1, rows[0].shape[1]), *rows]) if tokens else torch.cat(rows)

@@ -26,8 +26,9 @@ step the query at the last probe layer is compared with the last prompt token's 
 over the remaining reused tokens at selection time; when their cosine similarity falls below
 `drift`, the `decode_tokens` reused tokens the new query attends to most are recomputed (from their
 hidden states saved at layer c) and the reference distribution is reset. The recompute rides in the
-next step's forward (`joining_rows`), whose weight reads it shares: on its own it would cost a
-decode step's worth of them; the next token reads the refreshed KV either way. KV after the first
+next step's forward (through the model's generic layer hook: `DecodeStageHook`), whose weight reads
+it shares: on its own it would cost a decode step's worth of them; the next token reads the
+refreshed KV either way. KV after the first
 reused token is approximate, so such blocks never enter the prefix or content index
 (`Request.exact_tokens`).
 

@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import torch
 
-from engine.attention import AttentionBackend, AttentionMetadata, JoiningRows, PrefillSpan
-from engine.model import LlamaModel, rope_cos_sin
+from engine.attention import AttentionBackend, AttentionMetadata, PrefillSpan
+from engine.model import LayerHook, LlamaModel, rope_cos_sin
 from engine.request import Request
 from engine.reuse.plan import ReuseOptions, ReusePlan
 from kernels.kv_copy import copy_reused_kv_
@@ -37,6 +37,38 @@ def probe_precision(name: str, model_dtype: torch.dtype, device: torch.device) -
         except (AttributeError, RuntimeError):
             fast = False
     return torch.bfloat16 if fast else model_dtype
+
+
+class DecodeStageHook(LayerHook):
+    """The decode stage's part in a step's forward, through the model's generic layer hook: keeps the
+    queries of the probed decode rows (`probe_idx`, flat) at `probe_layer`, and, given `join_hidden`,
+    appends the pending recomputes as rows that enter at `join_layer` with their saved hidden states,
+    after the step's tokens: from that layer on the backend reads `join_meta`, the step's metadata with
+    their slots added and each of them as one more decode entry (a query at its own position, keys up
+    to it)."""
+
+    def __init__(self, inv_freq: torch.Tensor, probe_layer: int, probe_idx: torch.Tensor | None,
+                 join_layer: int = -1, join_hidden: torch.Tensor | None = None,
+                 join_positions: torch.Tensor | None = None, join_meta: AttentionMetadata | None = None):
+        self.inv_freq, self.probe_layer, self.probe_idx = inv_freq, probe_layer, probe_idx
+        self.join_layer, self.join_hidden, self.join_positions, self.join_meta = (
+            join_layer, join_hidden, join_positions, join_meta)
+        self.probe_q: torch.Tensor | None = None  # [len(probe_idx), H, D] once the probe layer ran
+
+    @property
+    def num_joining(self) -> int:
+        return 0 if self.join_positions is None else int(self.join_positions.shape[0])
+
+    def before_layer(self, index, x, cos, sin, attn):
+        if self.join_hidden is None or index != self.join_layer:
+            return x, cos, sin
+        jc, js = rope_cos_sin(self.inv_freq, self.join_positions, x.dtype)
+        attn.begin_step(self.join_meta)
+        return torch.cat([x, self.join_hidden.to(x.dtype)]), torch.cat([cos, jc]), torch.cat([sin, js])
+
+    def after_qkv(self, index, q):
+        if self.probe_idx is not None and index == self.probe_layer:
+            self.probe_q = q.index_select(0, self.probe_idx)
 
 
 def _slots(req: Request, positions: torch.Tensor, bs: int) -> torch.Tensor:
@@ -245,13 +277,21 @@ class Reuser:
         ref = now[keep]
         plan.reference = ref / ref.sum().clamp_min(1e-30)
 
-    def joining_rows(self, joining: list[tuple[Request, int]], meta: AttentionMetadata, flat: int) -> JoiningRows:
-        """The pending decode-stage recomputes of the `joining` requests (each decoding in this step,
-        as the decode row of `meta` it comes with; the batch has `flat` tokens) as rows joining its
-        forward at layer c.
-        Each is one more decode entry, a query at its own position over its request's blocks, keys
-        up to it: the backend's decode path reads them in place (the C kernel on a CPU), where a
-        prefill span would gather the request's whole KV in every layer (+13 ms a step measured)."""
+    def step_hook(self, probed: list[tuple[Request, int]], joining: list[tuple[Request, int]],
+                  meta: AttentionMetadata, flat: int) -> DecodeStageHook | None:
+        """The hook for a step whose decode rows include requests that hold reused KV: `probed`
+        (request, flat index of its decode token), whose queries the decode stage reads after the
+        forward; `joining` (request, its decode row in `meta`), those with a pending recompute. The
+        batch has `flat` tokens. Each pending recompute becomes one more decode entry, a query at its
+        own position over its request's blocks, keys up to it: the backend's decode path reads them
+        in place (the C kernel on a CPU), where a prefill span would gather the request's whole KV in
+        every layer (+13 ms a step measured)."""
+        if not probed and not joining:
+            return None
+        probe_idx = self._tensor([i for _, i in probed]) if probed else None
+        hook = DecodeStageHook(self.model.inv_freq, self.decode_probe_layer(), probe_idx)
+        if not joining:
+            return hook
         hidden, positions, slots, tables = [], [], [], []
         for req, row in joining:
             plan = req.reuse
@@ -263,9 +303,10 @@ class Reuser:
             tables.append(meta.decode_block_tables[row].expand(q_pos.shape[0], -1))
         positions = torch.cat(positions)
         idx = torch.arange(flat, flat + positions.shape[0], device=self.device)
-        meta = replace(meta, slot_mapping=torch.cat([meta.slot_mapping, *slots]),
-                       decode_token_idx=torch.cat([meta.decode_token_idx, idx]),
-                       decode_block_tables=torch.cat([meta.decode_block_tables, *tables]),
-                       decode_ctx_lens=torch.cat([meta.decode_ctx_lens, positions + 1]))
-        c = self.options.computed_layers(len(self.model.layers))
-        return JoiningRows(c, torch.cat(hidden), positions, meta)
+        hook.join_meta = replace(meta, slot_mapping=torch.cat([meta.slot_mapping, *slots]),
+                                 decode_token_idx=torch.cat([meta.decode_token_idx, idx]),
+                                 decode_block_tables=torch.cat([meta.decode_block_tables, *tables]),
+                                 decode_ctx_lens=torch.cat([meta.decode_ctx_lens, positions + 1]))
+        hook.join_layer = self.options.computed_layers(len(self.model.layers))
+        hook.join_hidden, hook.join_positions = torch.cat(hidden), positions
+        return hook
