@@ -66,34 +66,53 @@ def test_allocation_beyond_capacity_raises():
 
 
 class PoolMachine(RuleBasedStateMachine):
-    """Random sequences of allocate / cache / lookup-and-share / release against a model of ownership."""
+    """Random sequences of allocate / cache (prefix and content index) / lookup-and-share / release
+    against a model of ownership and of what the content index must answer."""
 
     def __init__(self):
         super().__init__()
         self.pool = BlockPool(12)
         self.owned: list[list[Block]] = []  # each entry: blocks one "request" holds a reference to
         self.hashes: list[bytes] = []
+        self.content: dict[tuple, tuple[Block, int]] = {}  # content key -> (latest block cached with it, position)
 
     @rule(n=st.integers(1, 5))
     def allocate(self, n):
         if n <= self.pool.num_free:
-            self.owned.append(self.pool.allocate(n))
+            new = self.pool.allocate(n)
+            self.owned.append(new)
+            # a reused free block leaves both indexes: its old content answers no more
+            self.content = {k: v for k, v in self.content.items() if v[0] not in new}
         else:
             with pytest.raises(MemoryError):
                 self.pool.allocate(n)
 
     @precondition(lambda self: self.owned)
-    @rule(data=st.data(), tokens=st.lists(st.integers(0, 3), min_size=4, max_size=4))
-    def cache(self, data, tokens):
+    @rule(data=st.data(), tokens=st.lists(st.integers(0, 3), min_size=4, max_size=4),
+          parent=st.sampled_from([None, b"p1", b"p2"]), salt=st.sampled_from([None, "tenant-a"]),
+          indexed=st.booleans(), position=st.integers(0, 64))
+    def cache(self, data, tokens, parent, salt, indexed, position):
         blocks = data.draw(st.sampled_from(self.owned))
         blk = data.draw(st.sampled_from(blocks))
-        h = hash_block(None, tokens)
+        h = hash_block(parent, tokens, salt)
+        key = (salt, tuple(tokens)) if indexed else None
         expect = self.pool.lookup(h) is None and blk.block_hash is None
-        ok = self.pool.cache_block(blk, h)
+        ok = self.pool.cache_block(blk, h, key, position)
         assert ok == expect
         if ok:
             assert self.pool.lookup(h) is blk
             self.hashes.append(h)
+            if key is not None:  # the newest block with this content replaces the older one
+                self.content[key] = (blk, position)
+
+    @rule(tokens=st.lists(st.integers(0, 3), min_size=4, max_size=4), salt=st.sampled_from([None, "tenant-a"]))
+    def lookup_content(self, tokens, salt):
+        key = (salt, tuple(tokens))
+        found = self.pool.lookup_content(key)
+        expect = self.content.get(key)
+        assert found is (expect[0] if expect else None)
+        if found is not None:
+            assert found.content_key == key and found.position == expect[1] and found.block_hash is not None
 
     @precondition(lambda self: self.hashes)
     @rule(data=st.data())
@@ -120,6 +139,8 @@ class PoolMachine(RuleBasedStateMachine):
                 held[b.block_id] = held.get(b.block_id, 0) + 1
         for b in self.pool.blocks:
             assert b.ref_count == held.get(b.block_id, 0)
+        indexed = {b.block_id for b in self.pool.blocks if b.content_key is not None}
+        assert indexed == {b.block_id for b, _ in self.content.values()}
 
     def teardown(self):
         for blocks in self.owned:
