@@ -89,22 +89,33 @@ def test_hints_carry_program_identity_and_last_turn():
 
 
 def test_failures_timeouts_and_turn_limits_are_isolated(tmp_path):
+    """The time limit is real time, so it is set far above what the stub-backed programs need
+    (milliseconds) and only the program that never ends reaches it."""
     db = str(tmp_path / "iso.db")
+    others_done = anyio.Event()
+    ended = []
 
     async def agent(ctx, task):
-        if task == "raise":
-            raise ValueError("bad task")
-        if task == "hang":
-            await anyio.sleep(60)
-        if task == "chatty":
-            while True:
-                await ctx.chat([{"role": "user", "content": "again"}])
-        return await ctx.chat([{"role": "user", "content": "hi"}])
+        try:
+            if task == "raise":
+                raise ValueError("bad task")
+            if task == "hang":
+                await anyio.sleep_forever()
+            if task == "chatty":
+                while True:
+                    await ctx.chat([{"role": "user", "content": "again"}])
+            return await ctx.chat([{"role": "user", "content": "hi"}])
+        finally:
+            ended.append(task)
+            if len(ended) == 4:
+                others_done.set()
 
-    res = Runtime(StubBackend(), db=db, time_limit_s=0.5, max_turns=4).run(
+    res = Runtime(StubBackend(), db=db, time_limit_s=5.0, max_turns=4).run(
         agent, ["raise", "hang", "chatty", "ok", "ok"])
     status = [p.status for p in res.programs]
     assert status == ["failed", "timeout", "finished", "finished", "finished"]
+    assert others_done.is_set() and ended[-1] == "hang"  # the others ended first, untouched by it
+    assert res.programs[1].error == "time limit of 5.0 s reached"
     assert "ValueError: bad task" in res.programs[0].error and "Traceback" in res.programs[0].error
     assert res.programs[2].turns == 4 and "limit of 4 turns" in res.programs[2].error
     rows = {p["index"]: p for p in read_rows(db, Program)}
@@ -147,9 +158,16 @@ def test_arrivals_are_staggered_and_jct_starts_at_arrival():
         return await ctx.chat([{"role": "user", "content": "x"}])
 
     res = Runtime(StubBackend()).run(agent, range(20), rate=50.0, seed=3)
+    offsets = poisson_arrivals(20, 50.0, seed=3)
     arrivals = [p.arrival_at for p in res.programs]
+    assert arrivals == pytest.approx([res.started_at + o for o in offsets], abs=1e-5)  # staggered as drawn
     assert arrivals == sorted(arrivals) and arrivals[-1] - arrivals[0] > 0.1
-    assert all(p.started_at >= p.arrival_at - 0.05 and 0 <= p.jct_s < 1 for p in res.programs)
+    for p in res.programs:
+        assert p.started_at >= p.arrival_at - 0.05  # no program starts before it arrives
+        assert p.finished_at >= p.started_at
+        # JCT runs from the program's own arrival, not from the start of the run
+        assert p.jct_s == pytest.approx(p.finished_at - p.arrival_at, abs=1e-5)  # epoch floats: ~1e-7 s apart
+        assert p.jct_s == pytest.approx(p.finished_at - res.started_at - offsets[p.index], abs=1e-5)
 
 
 @pytest.mark.slow
