@@ -241,7 +241,7 @@ def simulate(workload: Workload | str | Path, policy: str, rate: float, programs
     t0 = time.perf_counter()
     sim.run()
     wall = time.perf_counter() - t0
-    engine.pool.check_integrity()
+    engine.check_integrity()
     res = RunResult(f"sim-{policy}", started_at=start, finished_at=clock.now, programs=[
         ProgramResult(p.program_id, p.index, p.tokens.session.session_id, "finished", arrival_at=p.arrival_s,
                       started_at=p.arrival_s, finished_at=p.finished_s, turns=len(p.tokens.session.turns))

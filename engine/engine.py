@@ -239,6 +239,21 @@ class Engine:
             forward_s=st.forward_s, step_s=st.step_s,
             queue_delay_s=self.programs.queue_delay_s, reload=self.programs.reload_model)
 
+    def check_integrity(self) -> None:
+        """Raises AssertionError if the KV bookkeeping is inconsistent: the block pool's invariants
+        (engine/block_pool.py), and every block held either by a live request, by a pin, or free."""
+        self.pool.check_integrity()
+        held: dict[int, int] = {}
+        for req in self.requests.values():
+            for b in req.blocks:
+                held[b.block_id] = held.get(b.block_id, 0) + 1
+        for pin in self.pins.pins.values():
+            for b in pin.blocks:
+                held[b.block_id] = held.get(b.block_id, 0) + 1
+        for b in self.pool.blocks:
+            if b.ref_count < held.get(b.block_id, 0):
+                raise AssertionError(f"{b!r} is held {held[b.block_id]} times but counts {b.ref_count} references")
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
 

@@ -12,7 +12,6 @@ from agentrt import Runtime, ToolCall
 from agentrt.backends.embedded import EmbeddedBackend
 from agentrt.presets import DEFAULT_PRESET, PRESETS, default_prior, get_preset
 from agentrt.retention import Retention
-from engine import Engine, ProgramHint, SamplingParams
 
 
 def test_each_preset_sets_the_engine_options_and_ttl_policy_it_names():
@@ -71,30 +70,6 @@ def test_embedded_backend_and_runtime_take_the_preset(tiny_model_dir):
     with pytest.raises(ValueError, match="only when the backend builds its own engine"):
         EmbeddedBackend(backend.aengine, preset="fcfs")
     assert Runtime(EmbeddedBackend(backend.aengine)).retention is None
-
-
-def test_engine_config_is_never_changed_by_overrides(tiny_model_dir):
-    from engine import EngineConfig
-
-    cfg = EngineConfig(model=str(tiny_model_dir), kv_cache_tokens=1024)
-    engine = Engine(cfg, max_num_seqs=3)
-    assert engine.config.max_num_seqs == 3 and cfg.max_num_seqs == 128 and engine.config is not cfg
-
-
-def test_retention_callbacks_get_the_output_and_a_snapshot(tiny_model_dir):
-    engine = Engine(model=str(tiny_model_dir), kv_cache_tokens=2048, scheduling_policy="program")
-    seen = []
-
-    def retention(out, snapshot):
-        seen.append((out.finished, snapshot.num_running, snapshot.num_blocks))
-        return 60.0
-
-    engine.add_request(list(range(10, 60)), SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True),
-                       hint=ProgramHint("p", 0), retention=retention)
-    while engine.has_unfinished_requests():
-        engine.step()
-    assert seen == [(True, 1, engine.pool.num_blocks)]  # asked as the turn ends, still counted as running
-    assert engine.snapshot.pinned_programs == {"p"} and engine.snapshot.num_pinned_blocks == 3  # 50 tokens: 3 full blocks
 
 
 @pytest.mark.parametrize("command", ["run", "serve"])
