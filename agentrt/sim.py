@@ -45,7 +45,7 @@ from agentrt.retention import Retention
 from agentrt.runtime import ProgramResult, RunResult, poisson_arrivals
 from agentrt.types import ToolCall, ToolResult
 
-# replay scaling per hardware: the CPU one is the README's JCT benchmark; the GPU one keeps the
+# replay scaling per hardware: the CPU one is the JCT benchmark's (docs/benchmarks.md); the GPU one keeps the
 # recorded sessions whole (Llama-3.1-8B holds 128k tokens)
 WORKLOADS: dict[str, dict] = {
     "cpu-smollm2": {"scale": 0.06, "max_turns": 12, "max_context_tokens": 1500, "max_output_tokens": 32},

@@ -6,8 +6,8 @@ addresses, so a step's inputs are copied into static buffers sized for the large
 of n decodes runs in the graph of the smallest bucket >= n, its extra rows padded with slot -1 (their
 K/V is not stored), context length 1 and a stale but valid block id (their logits are dropped).
 Only decode-only batches of the Triton backend qualify: its decode path has no host synchronisation
-and picks its split count from shapes alone. Used by the model runner on CUDA only; not yet run on
-a GPU (see README).
+and picks its split count from shapes alone. Used by the model runner on CUDA only (measured on an
+H200: docs/lab/2026-11-27-gpu-h200.md).
 """
 
 from __future__ import annotations

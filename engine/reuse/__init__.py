@@ -15,7 +15,8 @@ of tokens some cached sequence computed at another position. `plan_reuse` turns 
    through the layers after the check layer (`probe_layers`: all by default) over the copied KV
    before any selection (`Reuser._probe`). Not by the check layer's own attention: at layer 1 it
    is local and positional, and weighting by it selected worse tokens than the deviation alone
-   (README); the tail's attention in the deeper layers is what the first new tokens will read.
+   (docs/lab/2026-11-27-kvshare-dhd.md); the tail's attention in the deeper layers is what the
+   first new tokens will read.
    The top `ratio` of reused tokens, every token without a cached value, and the prompt's last
    token form the recompute set S;
 4. layers ≥ c run on S only (sparse queries at their own positions over the request's whole KV);
