@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.collect_timings import ProgramGenerator, Tree
+from benchmarks.toolpredict_eval import main as evaluate_main
 from toolpredict import (CostModelTTL, DurationDistribution, EmpiricalCDF, FixedTTL, LearnedPredictor,
                          PerToolECDFPredictor, PerToolMeanPredictor, PointMass, QuantileDistribution,
                          ToolCallRecord, TTLContext, extract_features, history_features, load_predictor,
                          make_advisor, make_policy, make_predictor, memoryfulness, optimal_ttl, read_records)
-from toolpredict.collect import ProgramGenerator, Tree
-from toolpredict.evaluate import main as evaluate_main
 from toolpredict.features import HISTORY_FIELDS, HistoryItem
 
 DATA = Path(__file__).parent.parent / "toolpredict" / "data" / "tool_timings.jsonl"
@@ -375,9 +375,10 @@ def test_collect_program_generator_is_deterministic(tmp_path):
 
 def test_evaluate_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "report.json"
-    assert evaluate_main(["--data", str(DATA), "--json", str(out)]) == 0
+    assert evaluate_main(["--data", str(DATA), "--json", str(out), "--split", "time", "--no-select"]) == 0
     report = json.loads(out.read_text())
-    assert set(report["models"]) == {"per_tool_mean", "per_tool_ecdf", "per_bucket_ecdf", "learned"}
+    assert set(report["models"]) == {"per_tool_mean", "per_tool_ecdf", "verb_median", "bucket_median",
+                                     "last_same_command", "tree_bucket_median", "learned"}
     for metrics in report["models"].values():
         for key in ("log_mae", "pinball", "p95_coverage"):
             assert math.isfinite(metrics[key]) and metrics[key] >= 0

@@ -151,6 +151,9 @@ class EmpiricalCDF(DurationDistribution):
         return f"EmpiricalCDF(n={self.n}, median={self.quantile(0.5):.6g})"
 
 
+_MEAN_GRID = (np.arange(512) + 0.5) / 512
+
+
 class QuantileDistribution(DurationDistribution):
     """A distribution given by quantiles `values` at `levels`; the CDF is linear in log(t) between
     knots, and the tails continue the outer segments' slopes down to level 0 and up to level 1."""
@@ -175,9 +178,7 @@ class QuantileDistribution(DurationDistribution):
         hi = logs[-1] + (1 - levels_arr[-1]) * (logs[-1] - logs[-2]) / (levels_arr[-1] - levels_arr[-2])
         self._levels = np.concatenate([[0.0], levels_arr, [1.0]])
         self._logs = np.concatenate([[lo - 1e-9], logs, [hi + 1e-9]])
-        # The mean of a distribution is the integral of its quantile function over (0, 1).
-        grid = (np.arange(512) + 0.5) / 512
-        self._mean = float(np.mean(np.exp(np.interp(grid, self._levels, self._logs))))
+        self._mean: float | None = None  # computed on first use: a prediction's caller may never ask
 
     @property
     def levels(self) -> np.ndarray:
@@ -201,6 +202,9 @@ class QuantileDistribution(DurationDistribution):
         return float(np.exp(np.interp(q, self._levels, self._logs)))
 
     def mean(self) -> float:
+        if self._mean is None:
+            # The mean of a distribution is the integral of its quantile function over (0, 1).
+            self._mean = float(np.mean(np.exp(np.interp(_MEAN_GRID, self._levels, self._logs))))
         return self._mean
 
     def support_points(self) -> Sequence[float]:

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 MIN_DURATION_S = 1e-6  # floor for log space: some recorded durations are exactly 0
+# The learned predictor and the evaluation work in log(duration + 1 ms): a 2 ms and a 4 ms `ls` differ
+# by noise, not by a factor that should count as much as 0.5 s against 1 s.
+LOG_OFFSET_S = 1e-3
 HISTORY_WINDOW = 64  # only the latest calls of a program count, in training and in prediction alike
 SHELL_TOOLS = frozenset({"bash", "sh", "zsh", "shell", "terminal", "execute_bash", "run_shell_command",
                          "run_command", "exec_command"})
@@ -105,6 +108,11 @@ def log_duration(duration_s: float) -> float:
     return math.log(max(duration_s, MIN_DURATION_S))
 
 
+def offset_log(duration_s: float) -> float:
+    """log(duration + LOG_OFFSET_S): the space the learned predictor and the evaluation measure in."""
+    return math.log(max(duration_s, 0.0) + LOG_OFFSET_S)
+
+
 @dataclass(slots=True, frozen=True)
 class CallFeatures:
     """What can be known about a call before it runs. Numeric fields are listed in NUMERIC_FIELDS."""
@@ -143,6 +151,10 @@ class CallFeatures:
     no_deps: int = 0
     n_packages: int = 0
     args_chars: int = 0
+    # The files and directories the call names (a pytest node id's file part; ".", ".." and "~" left
+    # out): not a feature by itself, a key under which a predictor remembers how long calls on that
+    # file took, so a big file or a slow test module is recognized when it comes back.
+    paths: tuple[str, ...] = ()
 
 
 NUMERIC_FIELDS: tuple[str, ...] = (
@@ -525,7 +537,56 @@ def _tool_features(tool: str, args: Mapping[str, Any]) -> CallFeatures:
     return CallFeatures(
         tool=tool, bucket=f"{tool}::{op}" if op else tool, family=tool, verb=op or tool,
         command_key=f"{tool}:{text}", args_chars=len(text), n_words=len(args),
-        n_paths=len(paths), path_depth_max=max((_path_depth(p) for p in paths), default=0))
+        n_paths=len(paths), path_depth_max=max((_path_depth(p) for p in paths), default=0),
+        paths=_path_keys(paths))
+
+
+def _path_keys(paths: Iterable[str]) -> tuple[str, ...]:
+    keys = []
+    for p in paths:
+        key = p.split("::", 1)[0].removeprefix("./").rstrip("/")
+        if key and key not in (".", "..", "~") and key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+def family_of(bucket: str) -> str:
+    """The family of a bucket: a shell bucket's first two parts (`bash::python::pytest_path` ->
+    `bash::python`), another tool's name (`str_replace_editor::view` -> `str_replace_editor`)."""
+    parts = bucket.split("::", 2)
+    return "::".join(parts[:2]) if parts[0] == "bash" and len(parts) > 1 else parts[0]
+
+
+class FeatureCache:
+    """`extract_features` memoized on (tool, command text) for shell calls, the latest `max_entries`
+    kept: a live predictor sees each command at least twice (predict, then update) and its program's
+    history again at every later call. Results are immutable, so sharing them is safe."""
+
+    __slots__ = ("max_entries", "_entries")
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], CallFeatures] = {}
+
+    def __call__(self, tool: str, args: Mapping[str, Any] | None) -> CallFeatures:
+        command = shell_command_text(str(tool), args) if isinstance(args, Mapping) else None
+        if command is None:
+            return extract_features(tool, args)
+        key = (str(tool), command)
+        found = self._entries.get(key)
+        if found is None:
+            found = extract_features(tool, args)
+            if len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]  # oldest inserted first
+            self._entries[key] = found
+        return found
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_entries": self.max_entries}  # a cache: not worth pickling
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.max_entries = state["max_entries"]
+        self._entries = {}
 
 
 def extract_features(tool: str, args: Mapping[str, Any] | None) -> CallFeatures:
@@ -574,7 +635,7 @@ def extract_features(tool: str, args: Mapping[str, Any] | None) -> CallFeatures:
     full_bucket = f"bash::{bucket}"
     numeric = {k: v for k, v in out.items() if k in _SEGMENT_FIELDS}
     return CallFeatures(
-        tool=tool, bucket=full_bucket, family="::".join(full_bucket.split("::")[:2]),
+        tool=tool, bucket=full_bucket, family=family_of(full_bucket),
         verb=out.get("verb", _normalize_verb(words[0]) if words else ""),
         command_key=" ".join(command.split()),
         is_shell=1,
@@ -588,6 +649,7 @@ def extract_features(tool: str, args: Mapping[str, Any] | None) -> CallFeatures:
         max_number_log=math.log1p(min(max(numbers, default=0), 10**9)),
         heredoc_chars=sum(s.heredoc_chars for s in segments),
         args_chars=len(command),
+        paths=_path_keys(paths),
         **numeric,
     )
 
@@ -600,6 +662,10 @@ class HistoryItem:
     bucket: str
     command_key: str
     log_duration: float
+
+    @property
+    def family(self) -> str:
+        return family_of(self.bucket)
 
     @classmethod
     def of(cls, record: ToolCallRecord, features: CallFeatures | None = None) -> HistoryItem:

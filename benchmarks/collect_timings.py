@@ -1,6 +1,6 @@
 """Collect real tool-call timings: SWE-style shell commands run on real source trees, timed.
 
-`python -m toolpredict.collect --out toolpredict/data/tool_timings.jsonl [--programs 64] [--seed 0]`
+`python -m benchmarks.collect_timings --out toolpredict/data/tool_timings.jsonl [--programs 64] [--seed 0]`
 
 Source trees are sdists of small pure-Python packages that ship their tests (fetched once with
 `pip download --no-deps --no-binary :all:`, or taken from `--sdist-dir`). Each tree gets a throwaway
@@ -295,7 +295,7 @@ def collect(out: Path, packages: list[str], programs: int, seed: int, workdir: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m toolpredict.collect", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.collect_timings", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--programs", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
