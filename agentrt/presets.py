@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 from toolpredict.features import ToolCallRecord, read_records
-from toolpredict.predictors import make_predictor
+from toolpredict.registry import make_predictor
 from toolpredict.ttl import TTLAdvisor, make_policy
 
 from agentrt.retention import Retention

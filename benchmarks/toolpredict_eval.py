@@ -46,8 +46,9 @@ from typing import Any
 
 from toolpredict.distributions import DurationDistribution, EmpiricalCDF
 from toolpredict.features import FeatureCache, ToolCallRecord, offset_log, read_records
-from toolpredict.predictors import (QUANTILE_LEVELS, DurationPredictor, History, PerBucketECDFPredictor,
-                                    make_predictor, program_group)
+from toolpredict.learned import program_group
+from toolpredict.predictors import QUANTILE_LEVELS, DurationPredictor, History, PerBucketECDFPredictor
+from toolpredict.registry import make_predictor
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "toolpredict" / "data" / "tool_timings.jsonl"
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)

@@ -11,8 +11,9 @@ requests with the least prefill work left after KV reuse first (hit rate and len
 wait so that nothing starves, and admits a request into a step only while its work is at most that
 of the requests admitted so far (a step's requests all get their first token when it ends); and
 `program+cache-aware` keeps pinned programs first, then orders the rest cache-aware from their
-program's arrival. With KV reuse on, a request whose prompt reuses KV at other positions is
-admitted only when its whole prefill fits this step (the reuse prefill is one selective pass).
+program's arrival. With KV reuse on, KV at other positions is reused only by a request whose whole
+prefill fits this step (the reuse prefill is one selective pass); one whose prefill does not fit
+is prefilled in chunks without reuse.
 KV pins (engine/retention.py) yield before any request does: expired pins are dropped at the start
 of a step (unless their program has a request waiting), and when blocks run out, pins are released
 (latest-arriving program first) before a running request is preempted or admission stops.

@@ -2,8 +2,9 @@
 
 Decoding on a CPU is memory-bound, and the torch path first gathers every sequence's K/V tiles
 into a padded batch, then runs SDPA over the copy: three passes over the context per layer. The C
-kernel reads the tiles in place, once. It is compiled on first use with the system C compiler (kernels/_cc.py);
-`available()` is False where no compiler works, and callers fall back to the reference.
+kernel reads the tiles in place, once. It is compiled on first use with the system C compiler
+(kernels/_cc.py): `available()` is False where there is no compiler, and callers fall back to the
+reference; where a compiler exists but the build fails, it raises `KernelBuildError`.
 
 Shapes: q [batch, heads, head_dim]; k_cache / v_cache [num_blocks, kv_heads, block_size, head_dim]
 (one layer); block_tables [batch, max_blocks] int64; ctx_lens [batch] int64 (>= 1).
@@ -40,7 +41,8 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """True when the C kernel compiled and loaded on this machine."""
+    """True when the C kernel compiled and loaded on this machine; False where there is no C
+    compiler (raises `kernels._cc.KernelBuildError` where one exists but the build fails)."""
     return _library() is not None
 
 

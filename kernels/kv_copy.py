@@ -10,8 +10,8 @@ Source and destination rows must not overlap (a request copies into its own fres
   `shift` picks the rotation (the Triton `rope.rope_shift` on CUDA).
 - `copy_reused_kv_(...)`: a C kernel (kernels/csrc/kv_reuse_copy.c) for float32 CPU caches that
   does it in one pass over the rows, where the torch path makes five (a 2k-token reuse on the
-  default model, 28 layers: 94 -> 6 ms in the engine); the reference elsewhere or where no C
-  compiler works.
+  default model, 28 layers: 94 -> 6 ms in the engine); the reference elsewhere or where there is
+  no C compiler (a failed build where one exists raises `kernels._cc.KernelBuildError`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from benchmarks.toolpredict_eval import (BASELINES, TreeBucketMedianPredictor, _
                                          select_config, stream, time_fold)
 from toolpredict import LearnedPredictor, PointMass, QuantileDistribution, ToolCallRecord, make_predictor
 from toolpredict.features import FeatureCache, extract_features, offset_log
-from toolpredict.predictors import _CompiledTrees, _Window, program_group
+from toolpredict.learned import _CompiledTrees, _Window, program_group
 
 
 def _rec(command: str, seconds: float, program: str | None = None, seq: int | None = None) -> ToolCallRecord:

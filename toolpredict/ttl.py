@@ -28,7 +28,8 @@ import numpy as np
 
 from toolpredict.distributions import DurationDistribution
 from toolpredict.features import ToolCallRecord
-from toolpredict.predictors import DurationPredictor, History, make_predictor
+from toolpredict.predictors import DurationPredictor, History
+from toolpredict.registry import make_predictor
 
 
 @dataclass(slots=True, frozen=True)
