@@ -1,7 +1,7 @@
 """GPU check of the Triton path, in one run on one GPU (under 8 minutes on an H100 by design):
 
-1. the kernel tests (tests/test_triton_kernels.py) on CUDA in fp32/fp16/bf16 against the references,
-   and the tiny-model engine tests (tests/test_kvshare.py, tests/test_models.py) with the engine on CUDA;
+1. the kernel tests (tests/kernels/test_triton_kernels.py) on CUDA in fp32/fp16/bf16 against the references,
+   and the tiny-model engine tests (tests/engine/test_reuse.py, tests/engine/test_models.py) with the engine on CUDA;
 2. greedy output of a SmolLM2-135M-shaped model (30 layers, 9/3 heads, random float32 weights: the
    default model's 517 MB of weights cannot travel to a device machine that reaches no hub) through the
    engine with the Triton backend and the torch backend, against Hugging Face `generate`, token for token;
@@ -43,7 +43,7 @@ LLAMA_31_8B = {
 BLOCK_SIZE = 16
 
 
-CUDA_TESTS = ["tests/test_triton_kernels.py", "tests/test_kvshare.py", "tests/test_models.py"]
+CUDA_TESTS = ["tests/kernels/test_triton_kernels.py", "tests/engine/test_reuse.py", "tests/engine/test_models.py"]
 
 
 def cuda_tests(args) -> dict:

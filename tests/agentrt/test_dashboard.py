@@ -29,7 +29,7 @@ from toolpredict.ttl import make_advisor
 
 XSS_OUTPUT = "<script>window.__xss = 'output'</script>"  # model output (an assistant prefill)
 XSS_TOOL = "<img src=x onerror=\"window.__xss = 'tool'\">"  # a tool result
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
 @tool

@@ -17,7 +17,7 @@ from agentrt.server import create_app
 from agentrt.workloads.swe import checkout, load_instances
 from engine import EngineConfig
 from tests.conftest import recording_engine_class, serve
-from tests.test_swe import instances  # noqa: F401  (the fixture repository with a failing test)
+from tests.agentrt.test_swe import instances  # noqa: F401  (the fixture repository with a failing test)
 
 API_KEY = "sk-clients"
 MODEL = "SmolLM2-135M-Instruct"

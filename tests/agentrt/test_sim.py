@@ -22,7 +22,7 @@ from engine.sim import (
     hardware,
 )
 
-SAMPLE = Path(__file__).parent / "data" / "agent-traces-sample"
+SAMPLE = Path(__file__).parents[1] / "data" / "agent-traces-sample"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from toolpredict import (CostModelTTL, DurationDistribution, EmpiricalCDF, Fixed
                          make_advisor, make_policy, make_predictor, memoryfulness, optimal_ttl, read_records)
 from toolpredict.features import HISTORY_FIELDS, HistoryItem
 
-DATA = Path(__file__).parent.parent / "toolpredict" / "data" / "tool_timings.jsonl"
+DATA = Path(__file__).parents[2] / "toolpredict" / "data" / "tool_timings.jsonl"
 
 
 # --- features -------------------------------------------------------------------------------------------

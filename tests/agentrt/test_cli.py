@@ -15,7 +15,7 @@ from pathlib import Path
 from agentrt.store import Program, read_rows
 from tests.conftest import free_port, serve_process
 
-AGENTS = Path(__file__).parent / "agents"
+AGENTS = Path(__file__).parents[1] / "agents"
 
 
 def agentrt(*args, **kw) -> subprocess.CompletedProcess:

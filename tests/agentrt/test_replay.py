@@ -18,7 +18,7 @@ from engine import AsyncEngine, Engine
 from engine.loader import load_tokenizer
 from engine.sim import VirtualClock
 
-TRACES = Path(__file__).parent / "data" / "agent-traces-sample"
+TRACES = Path(__file__).parents[1] / "data" / "agent-traces-sample"
 
 
 @pytest.fixture(scope="module")
