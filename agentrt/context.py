@@ -65,6 +65,8 @@ class Context:
         self.last_tool: str | None = None
         self.retention = retention
         self._decision: tuple[ToolCall, TTLDecision] | None = None  # the TTL given for the coming tool call
+        # the reply's tool calls as the retention callback parsed them: (text, calls, format error)
+        self._parsed: tuple[str, list[ToolCall], str | None] | None = None
 
     # ---- conversation helpers ----------------------------------------------------------------
 
@@ -125,8 +127,10 @@ class Context:
         finally:
             if error is not None:
                 self._record_llm(hint, None, send, error)
-        if specs and not native:
-            reply.tool_calls, reply.format_error = toolcalls.parse(fmt, reply.text)
+        if specs and not native:  # parsed once: the retention callback may have done it already
+            parsed, self._parsed = self._parsed, None
+            reply.tool_calls, reply.format_error = (parsed[1:] if parsed and parsed[0] == reply.text
+                                                    else toolcalls.parse(fmt, reply.text))
         self.turn += 1
         message = reply.as_message()
         if native and reply.tool_calls:  # an OpenAI server expects the calls that tool messages answer
@@ -140,7 +144,9 @@ class Context:
         def ttl_s(out, snapshot) -> float:  # runs in the engine thread when the turn ends
             nonlocal call
             if call is None and fmt in toolcalls.FORMATS:
-                calls, _ = toolcalls.parse(fmt, (prefill or "") + out.text)
+                text = (prefill or "") + out.text
+                calls, error = toolcalls.parse(fmt, text)
+                self._parsed = (text, calls, error)
                 call = calls[0] if calls else None
             if call is None:
                 return 0.0

@@ -86,3 +86,30 @@ def test_import_agentrt_does_not_import_torch():
     code = "import sys, agentrt; assert 'torch' not in sys.modules; agentrt.EmbeddedBackend; assert 'torch' in sys.modules"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_reply_is_parsed_once_when_the_retention_callback_read_it(tiny_model_dir, monkeypatch):
+    from agentrt import ShellTool, toolcalls
+
+    calls = []
+    real_parse = toolcalls.parse
+
+    def counting_parse(fmt, text):
+        calls.append(text)
+        return real_parse(fmt, text)
+
+    monkeypatch.setattr(toolcalls, "parse", counting_parse)
+    backend = EmbeddedBackend(model=str(tiny_model_dir), preset="continuum-fixed", kv_cache_tokens=2048)
+    replies = []
+
+    async def agent(ctx, task):
+        ctx.user("list the files")
+        replies.append(await ctx.chat(tools=[ShellTool(".")], tool_format="bash", max_tokens=6, ignore_eos=True,
+                                      prefill="```bash\nls\n```"))
+        replies.append(await ctx.chat(tools=[ShellTool(".")], tool_format="bash", max_tokens=2, last_turn=True))
+
+    Runtime(backend).run(agent, [None])
+    # turn 0: once, in the engine thread, by the retention callback; the last turn has no callback
+    assert len(calls) == 2 and calls[0] == replies[0].text
+    assert [c.name for c in replies[0].tool_calls] == ["bash"] and replies[0].tool_calls[0].arguments["command"] == "ls"
+    assert backend.aengine.engine.snapshot.num_pins == 1
