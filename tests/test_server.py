@@ -86,9 +86,16 @@ def forced(tiny_server):
 
 
 def metric_values(url: str) -> dict[str, float]:
+    """Prometheus samples by name, labels dropped (the server's metrics carry only `model_name`,
+    plus a reason on a few, which are summed)."""
     r = httpx.get(f"{url}/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    return {line.split()[0]: float(line.split()[1]) for line in r.text.splitlines() if not line.startswith("#")}
+    values: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split("{")[0].split()[0], float(line.rsplit(" ", 1)[1])
+            values[name] = values.get(name, 0.0) + value
+    return values
 
 
 def assert_served(http: httpx.Client) -> None:
@@ -172,16 +179,19 @@ def test_models_health_and_metrics(client, tiny_server):
     wait_idle(aengine.engine)
     after = metric_values(url)
     moved = {k: after[k] - before[k] for k in after}
-    assert moved["agentrt_requests_total"] == 2
-    assert moved["agentrt_prompt_tokens_total"] == 2 * 40
-    assert moved["agentrt_generation_tokens_total"] == 2 * 3
-    assert moved["agentrt_prefix_cache_hit_tokens_total"] == 32
+    assert moved["agentrt:requests_total"] == 2
+    assert moved["vllm:request_success_total"] == 2
+    assert moved["vllm:prompt_tokens_total"] == moved["vllm:prefix_cache_queries_total"] == 2 * 40
+    assert moved["vllm:generation_tokens_total"] == 2 * 3
+    assert moved["vllm:prefix_cache_hits_total"] == 32
     text = httpx.get(f"{url}/metrics").text
-    for counter in ("agentrt_requests_total", "agentrt_prompt_tokens_total", "agentrt_generation_tokens_total",
-                    "agentrt_prefix_cache_hit_tokens_total"):
+    for counter in ("agentrt:requests_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+                    "vllm:prefix_cache_hits_total"):
         assert f"# TYPE {counter} counter" in text
-    assert after["agentrt_kv_blocks_free"] == after["agentrt_kv_blocks_total"] == aengine.engine.pool.num_blocks
-    assert after["agentrt_requests_running"] == after["agentrt_requests_waiting"] == 0
+    assert f'vllm:prompt_tokens_total{{model_name="{MODEL}"}}' in text
+    assert after["agentrt:kv_blocks_free"] == after["agentrt:kv_blocks_total"] == aengine.engine.pool.num_blocks
+    assert after["vllm:num_requests_running"] == after["vllm:num_requests_waiting"] == 0
+    assert after["vllm:kv_cache_usage_perc"] == 0
 
 
 # ---- errors --------------------------------------------------------------------------------------
