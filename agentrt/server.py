@@ -527,16 +527,11 @@ class _Job:
     pin_ttl_s: float | None = None  # what the turn end pinned for (set from the engine thread)
 
 
-_GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: a temperature under it samples greedily
-
-
 def _sampling_params(req: _GenerationRequest, max_tokens: int | None, logprobs: int | None,
                      default_max_tokens: int) -> SamplingParams:
     if req.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
     temperature = 1.0 if req.temperature is None else req.temperature
-    if 0 < temperature < _GREEDY_BELOW:  # as vLLM: logits / 1e-45 overflow to inf, and it is greedy anyway
-        temperature = 0.0
     try:
         return SamplingParams(
             temperature=temperature,

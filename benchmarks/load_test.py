@@ -13,7 +13,7 @@ Checks (any failure: exit status 1):
 - no token lost or duplicated: per request, the streamed token entries (one logprob entry per
   token), the usage's completion_tokens and max_tokens agree, and the streamed text equals the
   concatenation of its own tokens (special tokens, which the text skips, left out); over the run, the tokens the clients received equal the
-  engine's own count of generated tokens (`agentrt_generation_tokens_total` in /metrics);
+  engine's own count of generated tokens (`vllm:generation_tokens_total` in /metrics);
 - every KV block free and no request left in the engine at the end (/metrics gauges).
 It also reports how many streamed texts equal the idle server's non-streamed greedy answer to the
 same prompt (batching may change float rounding, so this is reported, not required).
@@ -67,8 +67,10 @@ def _free_port() -> int:
 
 
 def _metrics(client: httpx.Client) -> dict[str, float]:
+    """/metrics as {name: value}, labels dropped (one model per server)."""
     text = client.get("/metrics").text
-    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    return {line.split("{")[0].split()[0]: float(line.split()[-1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def _body(model: str, prompt: int, max_tokens: int, stream: bool) -> dict:
@@ -206,8 +208,8 @@ def main() -> int:
             deadline = time.monotonic() + 10
             while True:  # the engine's loop may take one more step to see the last stream closed
                 after = _metrics(c)
-                idle = after["agentrt_requests_running"] == after["agentrt_requests_waiting"] == 0
-                if (idle and after["agentrt_kv_blocks_free"] == after["agentrt_kv_blocks_total"]) \
+                idle = after["vllm:num_requests_running"] == after["vllm:num_requests_waiting"] == 0
+                if (idle and after["agentrt:kv_blocks_free"] == after["agentrt:kv_blocks_total"]) \
                         or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
@@ -221,15 +223,15 @@ def main() -> int:
 
     special = set(load_tokenizer(resolve_model(args.model)).all_special_tokens)
     summary = _summarize(streams, references, args.max_tokens, special)
-    generated = after["agentrt_generation_tokens_total"] - before["agentrt_generation_tokens_total"]
+    generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
     result = {
         "model": model, "clients": args.clients, "duration_s": args.duration, "wall_s": round(wall, 1),
         "max_tokens": args.max_tokens, "cpu_count": os.cpu_count(), **summary,
         "engine_generated_tokens": int(generated),
         "tokens_per_s": round(summary["tokens_received"] / wall, 1),
-        "kv_blocks_free_at_end": int(after["agentrt_kv_blocks_free"]),
-        "kv_blocks_total": int(after["agentrt_kv_blocks_total"]),
-        "requests_left_at_end": int(after["agentrt_requests_running"] + after["agentrt_requests_waiting"]),
+        "kv_blocks_free_at_end": int(after["agentrt:kv_blocks_free"]),
+        "kv_blocks_total": int(after["agentrt:kv_blocks_total"]),
+        "requests_left_at_end": int(after["vllm:num_requests_running"] + after["vllm:num_requests_waiting"]),
     }
     failures = [name for name, bad in [
         ("error responses", result["errors"]), ("lost tokens", result["tokens_lost"]),

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# vLLM's _SAMPLING_EPS: a temperature under it samples greedily (logits / 1e-45 overflow to inf, and
+# such a distribution is greedy anyway)
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(slots=True, frozen=True)
 class ProgramHint:
     """Identity of the agent program a request belongs to. The scheduler's program-level policies and
@@ -18,7 +23,7 @@ class ProgramHint:
 
 @dataclass(slots=True)
 class SamplingParams:
-    """vLLM-compatible sampling options. temperature 0 is greedy; top_k 0 (or -1) and top_p 1 disable them."""
+    """vLLM-compatible sampling options. temperature 0 (below 1e-5) is greedy; top_k 0 (or -1) and top_p 1 disable them."""
 
     temperature: float = 1.0
     top_k: int = 0
@@ -57,4 +62,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW

@@ -12,6 +12,7 @@ import torch
 from engine.request import Request, TokenLogprob
 
 
+
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[-1]
@@ -30,7 +31,7 @@ def sample(logits: torch.Tensor, reqs: list[Request], default_generator: torch.G
     tokens = logits.argmax(dim=-1).tolist()
     for row, req in enumerate(reqs):
         p = req.params
-        if p.temperature == 0.0:
+        if p.greedy:
             continue
         scaled = _filter_top_k_top_p(logits[row] / p.temperature, p.top_k, p.top_p)
         probs = scaled.softmax(-1)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from agentrt.server import create_app
 from engine import AsyncEngine, EngineConfig
 from tests.conftest import serve
-from tests.test_server import wait_idle
+from tests.agentrt.test_server import wait_idle
 
 MODEL = "tiny"
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,

@@ -115,3 +115,16 @@ def test_eos_stops_unless_ignored(llm):
 def test_invalid_params_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**kwargs)
+
+
+def test_a_temperature_below_1e5_is_greedy_not_an_overflow():
+    """logits / 1.4e-45 overflow to inf; vLLM samples greedily under 1e-5, and so does the engine."""
+    import torch
+
+    from engine.request import Request
+    from engine.sampler import sample
+
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]])
+    reqs = [Request(f"r{i}", None, [1], SamplingParams(temperature=t)) for i, t in enumerate((1.4e-45, 9e-6))]
+    assert sample(logits, reqs, torch.Generator().manual_seed(0)) == [1, 0]
+    assert SamplingParams(temperature=9e-6).greedy and not SamplingParams(temperature=2e-5).greedy
