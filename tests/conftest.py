@@ -131,3 +131,33 @@ def serve_process(*args: str, port: int, host: str = "127.0.0.1") -> Iterator[su
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
+
+
+def force_outputs(engine, texts: dict[str, str]) -> None:
+    """Makes the engine's greedy requests of program `p` generate exactly `texts[p]`, then EOS
+    (through `Engine.on_logits`), so replies hold what a test needs."""
+    import torch
+
+    tok = engine.tokenizer
+
+    def on_logits(reqs, logits):
+        with torch.inference_mode():
+            for row, req in enumerate(reqs):
+                if req.hint.program_id in texts:
+                    ids = tok.encode(texts[req.hint.program_id], add_special_tokens=False)
+                    k = req.num_output_tokens
+                    logits[row].fill_(float("-inf"))
+                    logits[row, ids[k] if k < len(ids) else tok.eos_token_id] = 0.0
+
+    engine.on_logits = on_logits
+
+
+@contextlib.contextmanager
+def forced_outputs(engine) -> Iterator[dict[str, str]]:
+    """`force_outputs` for the length of a block: yields the (initially empty) texts to fill in."""
+    texts: dict[str, str] = {}
+    force_outputs(engine, texts)
+    try:
+        yield texts
+    finally:
+        engine.on_logits = None

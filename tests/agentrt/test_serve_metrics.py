@@ -16,13 +16,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentrt.server import create_app
 from engine import AsyncEngine, EngineConfig
 from engine.engine import Engine
-from tests.conftest import serve
+from tests.conftest import force_outputs, serve
 from toolpredict.ttl import TTLDecision
 
 MODEL = "tiny-metrics"
@@ -131,20 +130,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return sum(found)
 
 
-def force(engine, texts: dict[str, str]) -> None:
-    tok = engine.tokenizer
-
-    def on_logits(reqs, logits):
-        with torch.inference_mode():
-            for row, req in enumerate(reqs):
-                if req.hint.program_id in texts:
-                    ids = tok.encode(texts[req.hint.program_id], add_special_tokens=False)
-                    k = req.num_output_tokens
-                    logits[row].fill_(float("-inf"))
-                    logits[row, ids[k] if k < len(ids) else tok.eos_token_id] = 0.0
-    engine.on_logits = on_logits
-
-
 def complete(http: httpx.Client, **body) -> dict:
     r = http.post("/v1/completions", json={"model": MODEL, "temperature": 0, **body})
     assert r.status_code == 200, r.text
@@ -242,7 +227,7 @@ def test_running_waiting_and_kv_usage_gauges_follow_the_engine(app_parts, http):
 
 def test_pin_program_and_prediction_metrics_move(app_parts, http):
     engine, engine_clock, clock = app_parts["engine"], app_parts["engine_clock"], app_parts["clock"]
-    force(engine, {"pinned": "```bash\nls -la\n```", "pressed": "```bash\nmake\n```"})
+    force_outputs(engine, {"pinned": "```bash\nls -la\n```", "pressed": "```bash\nmake\n```"})
     try:
         before = scrape(http)
 

@@ -12,11 +12,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import torch
 
 from agentrt.server import create_app
 from engine import AsyncEngine, EngineConfig
-from tests.conftest import serve
+from tests.conftest import forced_outputs, serve
 
 MODEL = "tiny"
 HELLO = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. Agents call tools."}]
@@ -53,22 +52,8 @@ def http(server) -> Iterator[httpx.Client]:
 def forced(server):
     """`forced[program_id] = text`: that program's greedy requests generate exactly `text`, then EOS."""
     engine = server[1].engine
-    tok, texts = engine.tokenizer, {}
-
-    def on_logits(reqs, logits):
-        with torch.inference_mode():
-            for row, req in enumerate(reqs):
-                if req.hint.program_id in texts:
-                    ids = tok.encode(texts[req.hint.program_id], add_special_tokens=False)
-                    k = req.num_output_tokens
-                    logits[row].fill_(float("-inf"))
-                    logits[row, ids[k] if k < len(ids) else tok.eos_token_id] = 0.0
-
-    engine.on_logits = on_logits
-    try:
+    with forced_outputs(engine) as texts:
         yield texts
-    finally:
-        engine.on_logits = None
 
 
 def post_chat(http: httpx.Client, **body) -> httpx.Response:

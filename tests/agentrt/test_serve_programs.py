@@ -14,13 +14,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import torch
 
 from agentrt.presets import get_preset
 from agentrt.server import create_app
 from engine import EngineConfig
 from engine.engine import Engine
-from tests.conftest import recording_engine_class, serve
+from tests.conftest import forced_outputs, recording_engine_class, serve
 
 MODEL = "tiny"
 IDLE_TIMEOUT_S = 100.0
@@ -84,22 +83,8 @@ def http(app_parts) -> Iterator[httpx.Client]:
 def forced(app_parts):
     """`forced[program_id] = text`: greedy requests of that program generate exactly `text`, then EOS."""
     engine = app_parts["aengine"].engine
-    tok, texts = engine.tokenizer, {}
-
-    def on_logits(reqs, logits):
-        with torch.inference_mode():
-            for row, req in enumerate(reqs):
-                if req.hint.program_id in texts:
-                    ids = tok.encode(texts[req.hint.program_id], add_special_tokens=False)
-                    k = req.num_output_tokens
-                    logits[row].fill_(float("-inf"))
-                    logits[row, ids[k] if k < len(ids) else tok.eos_token_id] = 0.0
-
-    engine.on_logits = on_logits
-    try:
+    with forced_outputs(engine) as texts:
         yield texts
-    finally:
-        engine.on_logits = None
 
 
 def metrics(http: httpx.Client) -> dict[str, float]:

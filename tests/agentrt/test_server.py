@@ -13,11 +13,10 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-import torch
 
 from agentrt.server import _streamable_content, create_app, hermes_to_openai, run_server
 from engine import AsyncEngine, ConfigError, EngineConfig, ProgramHint
-from tests.conftest import recording_engine_class, serve
+from tests.conftest import forced_outputs, recording_engine_class, serve
 
 API_KEY = "test-key"
 MODEL = "tiny"
@@ -66,23 +65,8 @@ def forced(tiny_server):
     """`forced[program_id] = text` makes the server's greedy requests of that program generate
     exactly `text` then EOS (through `Engine.on_logits`), so replies hold what a test needs."""
     engine = tiny_server[1].engine
-    tok = engine.tokenizer
-    texts: dict[str, str] = {}
-
-    def on_logits(reqs, logits):
-        with torch.inference_mode():
-            for row, req in enumerate(reqs):
-                if req.hint.program_id in texts:
-                    ids = tok.encode(texts[req.hint.program_id], add_special_tokens=False)
-                    k = req.num_output_tokens
-                    logits[row].fill_(float("-inf"))
-                    logits[row, ids[k] if k < len(ids) else tok.eos_token_id] = 0.0
-
-    engine.on_logits = on_logits
-    try:
+    with forced_outputs(engine) as texts:
         yield texts
-    finally:
-        engine.on_logits = None
 
 
 def metric_values(url: str) -> dict[str, float]:
