@@ -1,4 +1,7 @@
-"""OpenAI-compatible HTTP server over the embedded engine (`engine.AsyncEngine`); all web code lives here.
+"""OpenAI-compatible HTTP server over the embedded engine (`engine.AsyncEngine`): the app, its endpoints,
+request -> engine and engine -> response. Its parts: agentrt/serve_schema.py (request bodies, refused
+fields, errors), serve_programs.py (program identity, turns, lifetime), serve_metrics.py (Prometheus),
+serve_config.py (the `agentrt serve` flags). All web code lives in these; the engine has none.
 
     run_server(model="path/to/model", port=8000, preset="agentrt", kv_cache_tokens=65536)   # blocking
     app = create_app(AsyncEngine(EngineConfig(model=...)), "my-model")     # ASGI app for tests/embedding
@@ -38,25 +41,21 @@ import contextlib
 import json
 import logging
 import math
-import secrets
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import jinja2
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
@@ -71,425 +70,23 @@ from agentrt.retention import Retention
 from agentrt.serve_config import DEFAULT_PROGRAM_IDLE_TIMEOUT_S, load_chat_template
 from agentrt.types import ToolCall, ToolResult
 
+from agentrt.serve_metrics import MIN_DURATION_S, ServerMetrics
+from agentrt.serve_programs import ProgramTable, _EndedProgram, _PendingCall
+from agentrt.serve_schema import (
+    APIError,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    _api_error_handler,
+    _APIKeyMiddleware,
+    _GenerationRequest,
+    _http_error_handler,
+    _refuse_unsupported,
+    _validation_error_handler,
+)
+
 TOOL_CALL_TAG = "<tool_call>"
 logger = logging.getLogger("agentrt.server")
-
-
-# ---- errors --------------------------------------------------------------------------------------
-
-class APIError(Exception):
-    """A client error, answered as OpenAI's `{"error": {...}}` body with `status`."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-def _error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
-
-
-async def _api_error_handler(_: Request, exc: APIError) -> JSONResponse:
-    return _error_response(exc.status, exc.message, exc.param, exc.code)
-
-
-async def _validation_error_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
-    # OpenAI answers 400 for any bad body; FastAPI's default would be a 422 in its own shape.
-    errors = exc.errors()
-    if errors and errors[0]["type"] == "json_invalid":
-        return _error_response(400, f"Malformed JSON body: {errors[0].get('ctx', {}).get('error', 'invalid JSON')}")
-    locs = [".".join(str(p) for p in e["loc"] if p != "body") for e in errors]
-    message = "; ".join(f"{loc or 'body'}: {e['msg']}" for loc, e in zip(locs, errors))
-    return _error_response(400, message or "invalid request body", locs[0] if locs and locs[0] else None)
-
-
-async def _http_error_handler(_: Request, exc: HTTPException) -> JSONResponse:
-    return _error_response(exc.status_code, str(exc.detail))
-
-
-class _APIKeyMiddleware:
-    """Pure ASGI (not BaseHTTPMiddleware, which would get between a stream and its disconnect), and
-    before routing so that an unauthenticated caller learns nothing about its body's validity."""
-
-    def __init__(self, app: ASGIApp, api_key: str):
-        self.app, self._expected = app, f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self._expected):
-                response = _error_response(401, "Invalid or missing API key (Authorization: Bearer <key>).",
-                                           code="invalid_api_key")
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-# ---- request bodies ------------------------------------------------------------------------------
-
-class _Body(BaseModel):
-    # unknown fields are accepted and ignored (clients send extras of their own); the ones the
-    # server knows it does not implement are refused by name (_UNSUPPORTED)
-    model_config = ConfigDict(extra="allow")
-
-
-class StreamOptions(_Body):
-    include_usage: bool = False
-    continuous_usage_stats: bool = False  # vLLM's: usage in every chunk (refused when true)
-
-
-class AgentrtOptions(_Body):
-    """The `agentrt` body field: what a client that knows agentrt may ask of the server."""
-
-    ttl_s: float | None = Field(default=None, ge=0)  # pin this program's KV this long after this turn
-
-
-def _check_unicode(value: Any) -> None:
-    """JSON may escape a lone UTF-16 surrogate (`"\\ud800"`), which is no character: refused here,
-    before it can reach the tokenizer or a hash (where it would fail inside the engine)."""
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"text holds a lone surrogate ({value[exc.start]!r}), which is not valid unicode") from None
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_unicode(k)
-            _check_unicode(v)
-    elif isinstance(value, list):
-        for v in value:
-            _check_unicode(v)
-
-
-class _GenerationRequest(_Body):
-    """Fields shared by chat and completions: sampling, streaming and the program hint."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        _check_unicode(data)
-        return data
-
-    model: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
-    n: int = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    # program identity, strongest first: this project's names and vllm-continuum's (job_id,
-    # is_last_step, this_func_call), SGLang's session_id, OpenAI's prompt_cache_key
-    program_id: str | int | None = None
-    job_id: str | int | None = None
-    session_id: str | int | None = None
-    prompt_cache_key: str | None = None
-    turn: int = 0
-    is_last_turn: bool = False
-    is_last_step: bool = False
-    this_func_call: str | None = None  # the tool this reply leads to, where the reply does not say
-    tenant: str | None = None
-    cache_salt: str | None = Field(default=None, min_length=1)  # vLLM's: prefix-cache isolation
-    agentrt: AgentrtOptions | None = None
-
-
-class TextPart(_Body):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class FunctionSpec(_Body):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class ToolSpec(_Body):
-    type: Literal["function"] = "function"
-    function: FunctionSpec
-
-
-class FunctionName(_Body):
-    name: str
-
-
-class NamedToolChoice(_Body):
-    type: Literal["function"] = "function"
-    function: FunctionName
-
-
-class ChatCompletionRequest(_GenerationRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
-    tools: list[ToolSpec] | None = None
-    tool_choice: Any = None  # "auto" | "none" | "required" | NamedToolChoice (checked below)
-    parallel_tool_calls: bool | None = None
-    # vLLM's extensions: continue the last (assistant) message instead of starting a new one
-    continue_final_message: bool = False
-    add_generation_prompt: bool = True
-
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _tool_choice(cls, value: Any) -> str | NamedToolChoice | None:
-        # one message instead of pydantic's per-member ones (whose locations name union members)
-        if value is None or value in ("auto", "none", "required"):
-            return value
-        try:
-            return NamedToolChoice.model_validate(value)
-        except ValidationError:
-            raise ValueError('must be "auto", "none", "required" or {"type": "function", "function": '
-                             '{"name": NAME}}') from None
-
-
-class CompletionRequest(_GenerationRequest):
-    prompt: str | list[int]
-    logprobs: int | None = None
-
-
-def _set(value: Any) -> bool:
-    return value is not None
-
-
-def _nonzero(value: Any) -> bool:
-    return value not in (None, 0, False)
-
-
-def _nonempty(value: Any) -> bool:
-    return bool(value)
-
-
-# Fields of OpenAI's or vLLM's API that this server does not implement, each with the test of a value
-# it would have to act on: such a request is refused (400 naming the field) rather than answered as
-# if the field had been honoured. Neutral values (0 penalties, text response_format) pass.
-_UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
-    "response_format": lambda v: v is not None and v != {"type": "text"},
-    "frequency_penalty": _nonzero, "presence_penalty": _nonzero,
-    "repetition_penalty": lambda v: v not in (None, 1),
-    "logit_bias": _nonempty, "priority": _nonzero, "best_of": lambda v: v not in (None, 1),
-    "min_p": _nonzero, "min_tokens": _nonzero, "echo": _nonzero, "suffix": _nonempty,
-    "use_beam_search": _nonzero, "prompt_logprobs": _set, "logits_processors": _nonempty,
-    "bad_words": _nonempty, "allowed_token_ids": _nonempty,
-    "guided_json": _set, "guided_regex": _set, "guided_choice": _set, "guided_grammar": _set,
-    "structured_outputs": _set, "prediction": _set, "audio": _set,
-    "modalities": lambda v: v not in (None, ["text"]),
-    "functions": _nonempty, "function_call": _set,  # the legacy names of tools / tool_choice
-    "web_search_options": _set, "reasoning_effort": _set,
-    "chat_template": _set, "chat_template_kwargs": _nonempty, "documents": _nonempty,
-}
-# accepted and ignored, by design: they change nothing a server of one model has to do
-IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_retention")
-
-
-def _refuse_unsupported(req: _GenerationRequest) -> None:
-    for name, value in (req.model_extra or {}).items():
-        test = _UNSUPPORTED.get(name)
-        if test is not None and test(value):
-            raise APIError(400, f"{name!r} is not supported by this server; send the request without it.",
-                           param=name, code="unsupported_parameter")
-    if req.stream_options is not None and req.stream_options.continuous_usage_stats:
-        raise APIError(400, "'stream_options.continuous_usage_stats' is not supported by this server; "
-                            "use include_usage.", param="stream_options.continuous_usage_stats",
-                       code="unsupported_parameter")
-
-
-# ---- programs: identity, turns, lifetime ---------------------------------------------------------
-
-@dataclass(slots=True)
-class _PendingCall:
-    """The tool call a program's last reply asked for: the gap until its next request is its duration."""
-
-    call: ToolCall
-    reply_end_s: float
-    predicted_s: float | None  # the predictor's median, when the TTL came from a prediction
-
-
-@dataclass(slots=True)
-class _Program:
-    first_seen_s: float
-    last_active_s: float
-    turns: int = 0  # its requests so far (the turn index of the next one, unless the client says)
-    in_flight: int = 0
-    ttl_s: float = 0.0  # its last pin's
-    pending: _PendingCall | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class _EndedProgram:
-    program_id: str
-    turns: int
-    jct_s: float
-
-
-class ProgramTable:
-    """The server's view of live programs, on the app's clock. Turn ends are reported from the
-    engine's worker thread while the event loop reads and updates the table: hence the lock."""
-
-    def __init__(self, clock: Callable[[], float], idle_timeout_s: float):
-        self.clock, self.idle_timeout_s = clock, idle_timeout_s
-        self.programs: dict[str, _Program] = {}
-        self._lock = threading.Lock()
-        self._last_sweep_s = -math.inf
-
-    def __len__(self) -> int:
-        return len(self.programs)
-
-    def arrive(self, pid: str, turn: int | None) -> tuple[int, _PendingCall | None, float, list[_EndedProgram]]:
-        """A request of `pid` arrived: (its turn index, the pending tool call whose duration just
-        ended, now, programs that ended idle meanwhile)."""
-        now = self.clock()
-        ended = self.sweep(now)
-        with self._lock:
-            prog = self.programs.get(pid)
-            if prog is None:
-                prog = self.programs[pid] = _Program(now, now)
-            if turn is None:
-                turn = prog.turns
-            prog.turns = max(prog.turns + 1, turn + 1)
-            prog.in_flight += 1
-            prog.last_active_s = now
-            pending, prog.pending = prog.pending, None
-        return turn, pending, now, ended
-
-    def reply_ended(self, pid: str, ttl_s: float, pending: _PendingCall | None) -> None:
-        with self._lock:
-            prog = self.programs.get(pid)
-            if prog is not None:
-                prog.ttl_s, prog.pending, prog.last_active_s = ttl_s, pending, self.clock()
-
-    def request_done(self, pid: str, is_last_turn: bool) -> _EndedProgram | None:
-        now = self.clock()
-        with self._lock:
-            prog = self.programs.get(pid)
-            if prog is None:
-                return None
-            prog.in_flight -= 1
-            prog.last_active_s = max(prog.last_active_s, now)
-            if not is_last_turn:
-                return None
-            del self.programs[pid]
-            return _EndedProgram(pid, prog.turns, now - prog.first_seen_s)
-
-    def sweep(self, now: float | None = None) -> list[_EndedProgram]:
-        """Ends the programs idle longer than both their pin and the idle timeout (at most once a second)."""
-        now = self.clock() if now is None else now
-        if now - self._last_sweep_s < 1.0:
-            return []
-        self._last_sweep_s = now
-        with self._lock:
-            idle = [pid for pid, p in self.programs.items()
-                    if p.in_flight == 0 and now - p.last_active_s > max(p.ttl_s, self.idle_timeout_s)]
-            ended = [self.programs.pop(pid) for pid in idle]
-        return [_EndedProgram(pid, p.turns, p.last_active_s - p.first_seen_s) for pid, p in zip(idle, ended)]
-
-
-# ---- metrics -------------------------------------------------------------------------------------
-
-_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-_ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-                40.0, 80.0)
-_E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-                480.0, 960.0, 1920.0, 7680.0)
-_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
-_JCT_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
-_LOG_ERROR_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
-_MIN_DURATION_S = 1e-3  # |log predicted - log observed| of sub-millisecond durations is noise
-
-
-class _SnapshotCollector:
-    """Gauges and counters read at scrape time from the engine's published `EngineSnapshot` (and the
-    server's own request and program counts), in the names a vLLM Grafana board reads."""
-
-    def __init__(self, server: "_Server"):
-        self.server = server
-
-    def collect(self):
-        server = self.server
-        snap: EngineSnapshot = server.aengine.engine.snapshot  # immutable: safe while the engine steps
-        label = [server.model_name]
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=["model_name"])
-            g.add_metric(label, value)
-            return g
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            c = CounterMetricFamily(name, doc, labels=["model_name"])
-            c.add_metric(label, value)
-            return c
-
-        yield gauge("vllm:num_requests_running", "Requests in the engine's running batch.", snap.num_running)
-        yield gauge("vllm:num_requests_waiting", "Requests waiting to run.", snap.num_waiting)
-        yield gauge("vllm:kv_cache_usage_perc", "Share of the KV pool in use (1 = full).", snap.kv_usage)
-        yield counter("vllm:prompt_tokens", "Prompt tokens of admitted requests.", snap.num_prompt_tokens)
-        yield counter("vllm:generation_tokens", "Tokens generated.", snap.num_generated_tokens)
-        yield counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-                      snap.num_prompt_tokens)
-        yield counter("vllm:prefix_cache_hits", "Prompt tokens served from the prefix cache.",
-                      snap.num_prefix_hit_tokens)
-        yield counter("vllm:num_preemptions", "Requests preempted (their KV freed, recomputed later).",
-                      snap.num_preemptions)
-        success = CounterMetricFamily("vllm:request_success", "Finished requests, by finish reason.",
-                                      labels=["model_name", "finished_reason"])
-        for reason, n in sorted(server.finished.items()):
-            success.add_metric([server.model_name, reason], n)
-        yield success
-        yield counter("agentrt:requests", "Generation requests accepted.", server.num_requests)
-        yield gauge("agentrt:kv_blocks_total", "KV cache blocks.", snap.num_blocks)
-        yield gauge("agentrt:kv_blocks_free", "Free KV cache blocks (cached, unreferenced ones count as free).",
-                    snap.num_free_blocks)
-        yield counter("agentrt:kv_pins", "KV pins made between a program's turns.", snap.num_pins)
-        yield counter("agentrt:kv_pin_hits", "Pins whose program came back while they held.", snap.num_pin_hits)
-        yield counter("agentrt:kv_pin_expired", "Pins that ran out their TTL.", snap.num_pin_expiries)
-        released = CounterMetricFamily("agentrt:kv_pin_released", "Pins ended early: under KV pressure, or at "
-                                       "the program's last turn.", labels=["model_name", "reason"])
-        released.add_metric([server.model_name, "pressure"], snap.num_pin_forced_releases)
-        released.add_metric([server.model_name, "last_turn"], snap.num_pin_last_turn_releases)
-        yield released
-        yield gauge("agentrt:kv_pinned_blocks", "KV blocks held by pins.", snap.num_pinned_blocks)
-        yield gauge("agentrt:programs_active", "Programs the server is following (seen, not ended).",
-                    len(server.programs))
-
-
-class ServerMetrics:
-    """The app's own Prometheus registry (one per app, so several apps live in one process)."""
-
-    def __init__(self, server: "_Server"):
-        self.registry = CollectorRegistry()
-        name = server.model_name
-
-        def histogram(metric: str, doc: str, buckets: tuple) -> Any:
-            return Histogram(metric, doc, ["model_name"], registry=self.registry, buckets=buckets).labels(name)
-
-        self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", _TTFT_BUCKETS)
-        self.itl = histogram("vllm:inter_token_latency_seconds", "Time between a request's tokens.", _ITL_BUCKETS)
-        self.e2e = histogram("vllm:e2e_request_latency_seconds", "Request latency, arrival to last token.",
-                             _E2E_BUCKETS)
-        self.queue = histogram("vllm:request_queue_time_seconds", "Time a request waited before it first ran.",
-                               _E2E_BUCKETS)
-        self.prompt_tokens = histogram("vllm:request_prompt_tokens", "Prompt tokens per request.", _TOKEN_BUCKETS)
-        self.generation_tokens = histogram("vllm:request_generation_tokens", "Generated tokens per request.",
-                                           _TOKEN_BUCKETS)
-        self.jct = histogram("agentrt:program_jct_seconds", "Program job completion time, first request to "
-                             "last reply.", _JCT_BUCKETS)
-        self.tool_error = histogram("agentrt:tool_duration_abs_log_error", "|log predicted - log observed| "
-                                    "tool duration (predicted median; observed: the gap before the next turn).",
-                                    _LOG_ERROR_BUCKETS)
-        self.registry.register(_SnapshotCollector(server))
 
 
 # ---- request -> engine ---------------------------------------------------------------------------
@@ -620,7 +217,7 @@ def _observe_tool_gap(server: _Server, pid: str, pending: _PendingCall, now: flo
         server.retention.observe(pid, ToolResult(pending.call, "", True, 0, started_at=pending.reply_end_s,
                                                  finished_at=pending.reply_end_s + observed))
     if pending.predicted_s is not None:
-        error = abs(math.log(max(pending.predicted_s, _MIN_DURATION_S)) - math.log(max(observed, _MIN_DURATION_S)))
+        error = abs(math.log(max(pending.predicted_s, MIN_DURATION_S)) - math.log(max(observed, MIN_DURATION_S)))
         server.metrics.tool_error.observe(error)
 
 
