@@ -19,23 +19,13 @@ from agentrt.presets import get_preset
 from agentrt.server import create_app
 from engine import EngineConfig
 from engine.engine import Engine
+from engine.sim import VirtualClock
 from tests.conftest import forced_outputs, recording_engine_class, serve
 
 MODEL = "tiny"
 IDLE_TIMEOUT_S = 100.0
 HELLO = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. Agents call tools."}]
 BASH_REPLY = "I will list the files.\n```bash\nls -la\n```"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingRetention:
@@ -63,7 +53,7 @@ class RecordingRetention:
 
 @pytest.fixture(scope="module")
 def app_parts(tiny_model_dir):
-    engine_clock, app_clock = FakeClock(), FakeClock(5000.0)
+    engine_clock, app_clock = VirtualClock(1000.0), VirtualClock(5000.0)
     aengine = recording_engine_class()(Engine(EngineConfig(model=str(tiny_model_dir)), clock=engine_clock,
                                               kv_cache_tokens=4096))
     retention = RecordingRetention()
