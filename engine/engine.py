@@ -241,7 +241,8 @@ class Engine:
 
     def check_integrity(self) -> None:
         """Raises AssertionError if the KV bookkeeping is inconsistent: the block pool's invariants
-        (engine/block_pool.py), and every block held either by a live request, by a pin, or free."""
+        (engine/block_pool.py), and no block counting fewer references than the live requests and
+        pins that hold it (more is allowed: a reuse plan's sources hold references of their own)."""
         self.pool.check_integrity()
         held: dict[int, int] = {}
         for req in self.requests.values():
