@@ -345,6 +345,17 @@ def program_group(program_id: str | None) -> str:
 EXPERTS: tuple[str, ...] = ("bucket", "prior", "trees", "blend")
 
 
+def _fit(model, x: np.ndarray, target: np.ndarray):
+    """`model.fit` on rows where a feature may be missing everywhere (e.g. no call had a command):
+    scikit-learn's binning fails on an all-NaN column, so such a column is trained as a constant
+    (a tree cannot split on it either way; NaN at prediction time takes the missing-value branch)."""
+    empty = np.isnan(x).all(axis=0)
+    if empty.any():
+        x = x.copy()
+        x[:, empty] = 0.0
+    return model.fit(x, target)
+
+
 class LearnedPredictor(DurationPredictor):
     """A per-bucket prior and two learned corrections of it, chosen per call family online, with
     conformal quantiles (module docstring). The experts:
@@ -609,10 +620,10 @@ class LearnedPredictor(DurationPredictor):
                 for k in np.unique(folds):
                     inside = folds != k
                     model = HistGradientBoostingRegressor(loss="absolute_error", **self._tree_params)
-                    oof[~inside] = base[~inside] + model.fit(x[inside], target[inside]).predict(x[~inside])
+                    oof[~inside] = base[~inside] + _fit(model, x[inside], target[inside]).predict(x[~inside])
                 centres[expert] = oof
                 model = HistGradientBoostingRegressor(loss="absolute_error", **self._tree_params)
-                trees[expert] = _CompiledTrees(model.fit(x, target))
+                trees[expert] = _CompiledTrees(_fit(model, x, target))
         first = self._trees is None
         self._trees = trees
         if first:

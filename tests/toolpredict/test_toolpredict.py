@@ -394,3 +394,14 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
         assert metrics["p95_coverage"] <= 1
     assert "learned" in capsys.readouterr().out
     assert evaluate_main(["--data", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_learned_fits_calls_without_commands():
+    """Conversational traces (tau-bench) give every call the same argument-less command: a feature
+    missing on every row must not break the trees' fit, and the fitted model still predicts."""
+    rng = random.Random(3)
+    records = [ToolCallRecord("bash", {"command": "true"}, rng.lognormvariate(0.0, 1.0), f"p{i % 12}", i // 12)
+               for i in range(240)]
+    predictor = LearnedPredictor().fit(records)
+    dist = predictor.predict("bash", {"command": "true"}, None)
+    assert 0.0 < dist.median() < 10.0
