@@ -182,6 +182,8 @@ def add_sim_arguments(ap: argparse.ArgumentParser) -> None:
         ap.add_argument(f"--{flag}", type=float if flag == "scale" else int,
                         help="replay scaling (agentrt/replay.py); default: the hardware's workload")
     ap.add_argument("--tool-time-scale", type=float, default=1.0)
+    ap.add_argument("--pauses", choices=("buckets", "measured"), default="buckets",
+                    help="tool pauses: SWE-agent bucket lognormals, or measured timings (agentrt/replay.py)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--png", help="draw mean JCT against rate here")

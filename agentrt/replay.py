@@ -11,10 +11,17 @@ session is one program, its requests sorted by timestamp are its turns. Rules of
   least `min_segment_tokens`), outputs are generated for the recorded output length capped at
   `max_output_tokens` (with `ignore_eos`), a session stops at `max_turns` or before its context
   would pass `max_context_tokens`.
-- Tool pause after turn i: for a reply holding a ```bash command, a lognormal draw with the median
-  and mean of its SWE-agent command bucket (agentrt/data/swe-agent-tool-buckets.json); otherwise
-  the recorded gap to the next request minus 20 ms per output token, clipped to [0, 60] s. Both are
-  multiplied by `tool_time_scale`. Draws are seeded: every policy sees the same pauses.
+- Tool pause after turn i, for a reply holding a ```bash command, by `pauses`:
+  `buckets` (default): a lognormal draw with the median and mean of its SWE-agent command bucket
+  (agentrt/data/swe-agent-tool-buckets.json: re-executed SWE-smith commands);
+  `measured`: a real duration of a command of the same bucket, drawn from the project's own timings
+  (toolpredict/data/tool_timings.jsonl), rescaled so the bucket's median is the SWE-agent bucket's
+  (the shape within a bucket is measured here, its level in SWE-bench-sized repositories); buckets the
+  timings lack fall back to the lognormal draw. The mix is long-tailed as real runs are (a few test
+  suites and installs hold most of the tool time).
+  A reply without a command pauses for the recorded gap to the next request minus 20 ms per output
+  token, clipped to [0, 60] s. Pauses are multiplied by `tool_time_scale`. Draws are seeded: every
+  policy sees the same pauses.
 """
 
 from __future__ import annotations
@@ -69,6 +76,33 @@ def bucket_pause_s(command: str, rng: random.Random) -> float:
     return median * math.exp(sigma * rng.gauss(0.0, 1.0))
 
 
+_PAUSE_MODES = ("buckets", "measured")
+
+
+def _measured_by_bucket() -> dict[str, list[float]]:
+    """The project's own timings (toolpredict/data/tool_timings.jsonl), sorted, by command bucket."""
+    from importlib.resources import files
+
+    from toolpredict.features import extract_features, read_records
+
+    by_bucket: dict[str, list[float]] = {}
+    for r in read_records(files("toolpredict") / "data" / "tool_timings.jsonl"):
+        by_bucket.setdefault(extract_features(r.tool, r.args).bucket, []).append(r.duration_s)
+    return {b: sorted(v) for b, v in by_bucket.items()}
+
+
+def measured_pause_s(command: str, rng: random.Random, measured: dict[str, list[float]]) -> float:
+    """A measured duration of the command's bucket at the SWE-agent bucket's level (see the module doc)."""
+    from toolpredict.features import extract_features
+
+    bucket = extract_features("bash", {"command": command}).bucket
+    samples, level = measured.get(bucket), _BUCKETS["median_s"].get(bucket)
+    if not samples or level is None:
+        return bucket_pause_s(command, rng)
+    own_median = samples[len(samples) // 2]
+    return rng.choice(samples) * level / own_median
+
+
 def _scale(tokenizer, text: str, scale: float, min_tokens: int) -> str:
     ids = tokenizer.encode(text, add_special_tokens=False)
     keep = max(min_tokens, int(len(ids) * scale))
@@ -77,10 +111,13 @@ def _scale(tokenizer, text: str, scale: float, min_tokens: int) -> str:
 
 def load_sessions(traces: str | Path, tokenizer, *, scale: float = 0.1, min_segment_tokens: int = 16,
                   max_output_tokens: int = 32, max_turns: int = 30, max_context_tokens: int = 3000,
-                  tool_time_scale: float = 1.0, seed: int = 0) -> list[ReplaySession]:
+                  tool_time_scale: float = 1.0, seed: int = 0, pauses: str = "buckets") -> list[ReplaySession]:
+    if pauses not in _PAUSE_MODES:
+        raise ValueError(f"unknown pauses {pauses!r}; choose one of {', '.join(_PAUSE_MODES)}")
     paths = sorted(Path(traces).rglob("*.jsonl"))
     if not paths:
         raise ValueError(f"no *.jsonl trace files under {traces}")
+    measured = _measured_by_bucket() if pauses == "measured" else {}
     rows_by_session: dict[str, list[dict]] = {}
     for path in paths:
         for line in path.read_text().splitlines():
@@ -106,7 +143,7 @@ def load_sessions(traces: str | Path, tokenizer, *, scale: float = 0.1, min_segm
             command = match.group(1).strip() if match else None
             if i + 1 < len(rows):
                 if command:
-                    pause = bucket_pause_s(command, rng)
+                    pause = measured_pause_s(command, rng, measured) if measured else bucket_pause_s(command, rng)
                 else:
                     gap = (rows[i + 1]["timestamp"] - row["timestamp"]) / 1e6
                     pause = min(60.0, max(0.0, gap - 0.02 * out_tokens))

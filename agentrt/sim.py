@@ -279,7 +279,8 @@ def plot(results: dict, png: str | Path, title: str) -> None:
 def main(args) -> dict:
     options = {k: getattr(args, k) for k in ("scale", "max_output_tokens", "max_turns", "max_context_tokens")
                if getattr(args, k) is not None}
-    workload = load_workload(args.traces, args.hardware, args.seed, tool_time_scale=args.tool_time_scale, **options)
+    workload = load_workload(args.traces, args.hardware, args.seed, tool_time_scale=args.tool_time_scale,
+                             pauses=args.pauses, **options)
     n = args.programs or len(workload.sessions)
     policies = args.policy or list(PRESETS)
     print(f"{n} programs from {len(workload.sessions)} sessions in {args.traces} on {args.hardware} (simulated)",

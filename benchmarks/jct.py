@@ -104,6 +104,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-turns", type=int, default=30)
     ap.add_argument("--max-context-tokens", type=int, default=3000)
     ap.add_argument("--tool-time-scale", type=float, default=1.0)
+    ap.add_argument("--pauses", choices=("buckets", "measured"), default="buckets",
+                    help="tool pauses: SWE-agent bucket lognormals, or measured timings (agentrt/replay.py)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--prior", default="replay",
@@ -128,11 +130,12 @@ def main(args) -> dict:
     tokenizer = load_tokenizer(resolve_model(args.model))
     sessions = load_sessions(args.traces, tokenizer, scale=args.scale, max_output_tokens=args.max_output_tokens,
                              max_turns=args.max_turns, max_context_tokens=args.max_context_tokens,
-                             tool_time_scale=args.tool_time_scale, seed=args.seed)
+                             tool_time_scale=args.tool_time_scale, seed=args.seed, pauses=args.pauses)
     if args.prior == "replay":
         prior = replay_prior(load_sessions(args.traces, tokenizer, scale=args.scale, max_output_tokens=args.max_output_tokens,
                                            max_turns=args.max_turns, max_context_tokens=args.max_context_tokens,
-                                           tool_time_scale=args.tool_time_scale, seed=args.seed + 1))
+                                           tool_time_scale=args.tool_time_scale, seed=args.seed + 1,
+                                           pauses=args.pauses))
     else:
         prior = [] if args.prior == "none" else read_records(args.prior)
     n = args.programs or len(sessions)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentrt import EmbeddedBackend, Runtime, SamplingParams, ToolCall
-from agentrt.replay import bucket_pause_s, load_sessions
+from agentrt.replay import _BUCKETS, _measured_by_bucket, bucket_pause_s, load_sessions, measured_pause_s
 from agentrt.retention import Retention
 from agentrt.store import ToolCallRow, read_rows
 from engine import AsyncEngine, Engine
@@ -47,6 +47,22 @@ def test_bucket_pauses_follow_the_swe_table():
     pytest_runs = sorted(bucket_pause_s("python -m pytest tests/test_x.py", rng) for _ in range(400))
     assert 0.1 < cat[200] < 0.4  # bash::light::cat median 0.18 s
     assert pytest_runs[200] > 3 * cat[200]
+
+
+def test_measured_pauses_are_real_timings_at_the_swe_level(tokenizer):
+    """`pauses="measured"`: each draw is one of the project's own timings of the command's bucket,
+    scaled by the SWE-agent bucket median over the timings' own median; seeded; unknown modes refused."""
+    measured = _measured_by_bucket()
+    samples = measured["bash::python::pytest_path"]
+    scale = _BUCKETS["median_s"]["bash::python::pytest_path"] / samples[len(samples) // 2]
+    draws = [measured_pause_s("pytest tests/test_x.py -q", random.Random(i), measured) for i in range(200)]
+    assert all(any(abs(d - s * scale) < 1e-9 for s in samples) for d in draws)
+    assert len(set(draws)) > 20  # drawn across the bucket, not a constant
+    a = load_sessions(TRACES, tokenizer, scale=0.05, max_context_tokens=100_000, pauses="measured")
+    b = load_sessions(TRACES, tokenizer, scale=0.05, max_context_tokens=100_000, pauses="measured")
+    assert [t.pause_s for s in a for t in s.turns] == [t.pause_s for s in b for t in s.turns]
+    with pytest.raises(ValueError, match="measured"):
+        load_sessions(TRACES, tokenizer, pauses="lognormal")
 
 
 def test_retention_pins_with_predicted_ttls_and_records_them(tmp_path, tiny_model_dir):
