@@ -5,11 +5,20 @@ PY := $(VENV)/bin/python
 # The CPU build; a GPU user installs a CUDA build of torch into $(VENV) first (see README).
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.agentrt-installed
+# vllm-router (Rust, on PyPI) in a venv of its own: the fleet test puts `agentrt serve` workers behind it
+ROUTER_VENV ?= .venv-router
+ROUTER_SPEC ?= vllm-router==0.1.17
+ROUTER_STAMP := $(ROUTER_VENV)/.router-installed
 BFCL_SPECS := bfcl-eval==2026.3.23 tree_sitter==0.21.3 tree-sitter-java==0.21.0 tree-sitter-javascript==0.21.4 overrides==7.7.0
 
 .PHONY: install run test bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(ROUTER_STAMP)
+
+$(ROUTER_STAMP): Makefile
+	@test -x $(ROUTER_VENV)/bin/python || $(PYTHON) -m venv $(ROUTER_VENV)
+	$(ROUTER_VENV)/bin/python -m pip install -q "$(ROUTER_SPEC)"
+	@touch $(ROUTER_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,4 +44,4 @@ bench: install
 	$(PY) -m benchmarks.engine_speed --json bench.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ROUTER_VENV) build *.egg-info .pytest_cache
