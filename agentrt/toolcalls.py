@@ -1,7 +1,8 @@
 """Tool-call formats: how tools are described to a model in text, and how its calls are parsed back.
 
 Formats (the ones agents use):
-- `bash`: mini-swe-agent's protocol: exactly one ```bash fenced block per reply, run as a shell command;
+- `bash`: mini-swe-agent's protocol: exactly one fenced shell block per reply (```bash, ```sh,
+  ```shell, or mini-swe-agent 2's ```mswea_bash_command), run as a shell command;
 - `hermes`: Hermes/Qwen `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (also what
   the server renders an OpenAI `tools` request into for models without native tool calling);
 - `bfcl`: BFCL's Python-call syntax, a list of calls `[func(a=1, b="x"), other()]`;
@@ -22,7 +23,7 @@ from agentrt.types import ToolCall
 
 FORMATS = ("bash", "hermes", "bfcl")
 
-_BASH_BLOCK = re.compile(r"```(?:bash|sh|shell)\s*\n(.*?)```", re.DOTALL)
+_BASH_BLOCK = re.compile(r"```(?:bash|sh|shell|mswea_bash_command)\s*\n(.*?)```", re.DOTALL)
 _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
 

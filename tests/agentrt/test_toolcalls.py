@@ -9,8 +9,9 @@ import pytest
 from agentrt import toolcalls
 
 
-def test_bash_block_single_action():
-    calls, err = toolcalls.parse("bash", "I will list files.\n```bash\nls -la src/\n```")
+@pytest.mark.parametrize("fence", ["bash", "sh", "mswea_bash_command"])  # the last: mini-swe-agent 2's
+def test_bash_block_single_action(fence):
+    calls, err = toolcalls.parse("bash", f"I will list files.\n```{fence}\nls -la src/\n```")
     assert err is None and len(calls) == 1
     assert calls[0].name == "bash" and calls[0].arguments == {"command": "ls -la src/"}
 
