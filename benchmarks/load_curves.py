@@ -7,7 +7,8 @@
 The sweep runs `agentrt.sim.simulate` (the real scheduler, block pool and pins in virtual time, the
 CPU cost model calibrated on this machine kind) for every preset at every (KV share, rate) point and
 seed. A KV share is the pool's size as a share of the programs' contexts: `--kv-share 0.2` gives a
-pool of blocks for a fifth of the sum of all programs' final contexts (programs cycle the sessions).
+pool of blocks for a fifth of the sum of all programs' final contexts (programs cycle the sessions),
+never less than the largest single context (the engine refuses a request its pool cannot hold).
 Figures per point are medians over the seeds (each seed draws its own arrivals and tool pauses);
 `ratio_vs_fcfs` is request FCFS's median mean JCT over the preset's, `p95_ratio_vs_fcfs` the same for
 p95. The PNG has two panels: mean JCT against rate at the smallest KV share, and against KV share at
@@ -29,12 +30,13 @@ from benchmarks.machine import machine_info
 FIGURES = ("mean_jct_s", "p50_jct_s", "p95_jct_s", "makespan_s", "pins", "pin_hits", "recomputed_prefill_tokens")
 
 
-def context_blocks(workload: Workload, programs: int, block_size: int = 16) -> int:
-    """Blocks that `programs` programs cycling the workload's sessions need for their final contexts."""
+def context_blocks(workload: Workload, programs: int, first: int = 0, block_size: int = 16) -> int:
+    """Blocks that `programs` programs cycling the workload's sessions (from session `first`) need for
+    their final contexts."""
     def final(st) -> int:
         return len(st.first) + sum(len(d) for d in st.deltas) + sum(t.output_tokens for t in st.session.turns)
     sessions = workload.sessions
-    return sum(-(-final(sessions[i % len(sessions)]) // block_size) for i in range(programs))
+    return sum(-(-final(sessions[(first + i) % len(sessions)]) // block_size) for i in range(programs))
 
 
 def sweep(traces: str | Path, presets: list[str], rates: list[float], kv_shares: list[float], seeds: list[int],
@@ -42,9 +44,10 @@ def sweep(traces: str | Path, presets: list[str], rates: list[float], kv_shares:
     runs = []
     for seed in seeds:
         workload = load_workload(traces, seed=seed, pauses=pauses)
-        total = context_blocks(workload, programs)
+        total, largest = context_blocks(workload, programs), max(context_blocks(workload, 1, i) for i in
+                                                                range(len(workload.sessions)))
         for share in kv_shares:
-            kv = max(16, int(share * total))
+            kv = max(largest + 1, int(share * total))  # never below one program's whole context
             for rate in rates:
                 for preset in presets:
                     r = simulate(workload, preset, rate, programs, kv, seed=seed)
