@@ -1,9 +1,10 @@
-"""Llama-family decoder (Llama, Qwen2, Mistral, SmolLM) over flat, packed token batches.
+"""Llama-family decoder (Llama 2/3/3.2, Qwen2, Qwen3, Mistral, SmolLM) over flat, packed token batches.
 
 The model sees one step's tokens as a flat `[num_tokens]` array with explicit positions; which
 sequence a token belongs to, and where its KV lives, is known only to the attention backend through
 the step's metadata. Numerics follow Hugging Face's implementation op for op (RMSNorm in float32,
-rotate-half RoPE, SwiGLU) so that greedy decoding is token-exact against transformers in float32.
+rotate-half RoPE, SwiGLU, Qwen3's per-head q/k RMSNorm before RoPE) so that greedy decoding is
+token-exact against transformers in float32.
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ class DecoderLayer(nn.Module):
         # q, k and v projections fused into one matmul; gate and up likewise.
         self.qkv = nn.Parameter(torch.empty(q + 2 * kv, cfg.hidden_size), requires_grad=False)
         self.qkv_bias = nn.Parameter(torch.zeros(q + 2 * kv), requires_grad=False) if cfg.qkv_bias else None
+        # Qwen3: RMSNorm over each head's head_dim of q and k, before RoPE
+        self.q_norm = nn.Parameter(torch.ones(cfg.head_dim), requires_grad=False) if cfg.qk_norm else None
+        self.k_norm = nn.Parameter(torch.ones(cfg.head_dim), requires_grad=False) if cfg.qk_norm else None
         self.o = nn.Parameter(torch.empty(cfg.hidden_size, q), requires_grad=False)
         self.gate_up = nn.Parameter(torch.empty(2 * cfg.intermediate_size, cfg.hidden_size), requires_grad=False)
         self.down = nn.Parameter(torch.empty(cfg.hidden_size, cfg.intermediate_size), requires_grad=False)
@@ -120,9 +124,11 @@ class DecoderLayer(nn.Module):
         norm = fused.rms_norm if self.fused else rms_norm
         qkv = self.linear(norm(x, self.input_norm, self.eps), self.qkv, self.qkv_bias)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = q.view(n, self.num_heads, self.head_dim), k.view(n, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # per-head norms give new tensors, which the fused RoPE then rotates
+            q, k = rms_norm(q, self.q_norm, self.eps), rms_norm(k, self.k_norm, self.eps)
         rope = fused.rope_ if self.fused else apply_rope  # fused: q and k rotated in place in the qkv output
-        q = rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
-        k = rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         return q, k, v.view(n, self.num_kv_heads, self.head_dim)
 
     def finish(self, x, o):
@@ -201,6 +207,9 @@ class LlamaModel(nn.Module):
                 layer.qkv.copy_(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
                 if layer.qkv_bias is not None:
                     layer.qkv_bias.copy_(torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
+                if layer.q_norm is not None:
+                    layer.q_norm.copy_(take(p + "self_attn.q_norm.weight"))
+                    layer.k_norm.copy_(take(p + "self_attn.k_norm.weight"))
                 layer.o.copy_(take(p + "self_attn.o_proj.weight"))
                 layer.gate_up.copy_(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
                 layer.down.copy_(take(p + "mlp.down_proj.weight"))

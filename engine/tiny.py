@@ -1,4 +1,4 @@
-"""Tiny randomly initialised Llama-family models, written as real Hugging Face directories.
+"""Tiny randomly initialised Llama-family models (llama, qwen2, qwen3, mistral), written as real Hugging Face directories.
 
 For fast tests: the engine loads them through the same path as any model, and transformers can
 load the same directory as the reference. The tokenizer is a small byte-level BPE trained on a
@@ -41,7 +41,7 @@ def _write_tokenizer(path: Path, vocab_size: int) -> None:
 
 def make_tiny_model(path: str | Path, *, arch: str = "llama", num_layers: int = 2, hidden_size: int = 64,
                     num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 128,
-                    vocab_size: int = 384, tie_word_embeddings: bool = False,
+                    vocab_size: int = 384, tie_word_embeddings: bool = False, head_dim: int | None = None,
                     rope_scaling: dict | None = None, max_position_embeddings: int = 2048,
                     seed: int = 0) -> Path:
     """Writes config, random float32 safetensors weights and a tokenizer to `path` (if not there yet)."""
@@ -58,7 +58,7 @@ def make_tiny_model(path: str | Path, *, arch: str = "llama", num_layers: int = 
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings, tie_word_embeddings=tie_word_embeddings,
-        eos_token_id=eos, rms_norm_eps=1e-5,
+        eos_token_id=eos, rms_norm_eps=1e-5, head_dim=head_dim or hidden_size // num_heads,
     )
     if rope_scaling:
         kwargs["rope_parameters"] = {"rope_theta": 500000.0, **rope_scaling}
@@ -69,5 +69,7 @@ def make_tiny_model(path: str | Path, *, arch: str = "llama", num_layers: int = 
         for name, p in model.named_parameters():
             if p.dim() > 1 or name.endswith(".bias"):
                 p.normal_(0.0, 0.1)
+            elif name.endswith(("q_norm.weight", "k_norm.weight")):  # Qwen3's: not all ones, so they count
+                p.normal_(1.0, 0.2)
     model.save_pretrained(path, safe_serialization=True)
     return path

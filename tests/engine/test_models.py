@@ -19,6 +19,12 @@ VARIANTS = {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64}),
     "qwen2-bias": dict(arch="qwen2"),
+    # Qwen3: per-head q/k norms, no q/k/v biases, head_dim apart from hidden / heads (as in Qwen3-0.6B)
+    "qwen3-qk-norm": dict(arch="qwen3", head_dim=32),
+    # Llama-3.2 (1B/3B): tied embeddings, llama3 rope scaling with factor 32, GQA
+    "llama3.2": dict(arch="llama", tie_word_embeddings=True, rope_scaling={
+        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}),
     "mistral-mha": dict(arch="mistral", num_kv_heads=4),
 }
 
@@ -33,6 +39,10 @@ def test_variant_matches_hf_greedy(tmp_path_factory, variant):
     if "rope_scaling" in VARIANTS[variant]:  # both sides really scale
         assert llm.engine.model_config.rope_scaling["rope_type"] == "llama3"
         assert hf.config.rope_parameters["rope_type"] == "llama3"
+    if VARIANTS[variant]["arch"] == "qwen3":  # the norms are there, are not all ones, and there is no bias
+        layer = llm.engine.model.layers[0]
+        assert layer.qkv_bias is None and layer.head_dim == 32
+        assert not torch.equal(layer.q_norm, torch.ones_like(layer.q_norm))
     prompts = [[(i * 37 + 11) % 380 + 3 for i in range(n)] for n in (5, 40, 130)]  # 130 > rope's original 64
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=20))
     for p, o in zip(prompts, outs):
@@ -81,7 +91,7 @@ def test_unsupported_architecture_is_refused(tmp_path, tiny_model_dir):
     cfg = json.loads((other / "config.json").read_text())
     cfg["model_type"] = "gpt2"
     (other / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match="gpt2"):
+    with pytest.raises(ConfigError, match="'gpt2' is not supported.*llama, qwen2, qwen3, mistral"):
         LLM(str(other))
 
 
