@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentrt.toolcalls import TOOL_CALL_PARSERS
+
 DTYPES = {"auto": None, "float32": "float32", "float": "float32", "bfloat16": "bfloat16", "float16": "float16",
           "half": "float16"}
 KV_REUSE = ("off", "naive", "cacheblend", "dhd")
@@ -50,6 +52,8 @@ SERVE_OPTIONS: tuple[ServeOption, ...] = (
                 metavar="NAME"),
     ServeOption("chat_template", str, "a Jinja chat template (a file, or the template itself) used instead of "
                 "the tokenizer's", metavar="FILE"),
+    ServeOption("tool_call_parser", str, "the format the model writes tool calls in (default: read from its chat "
+                "template and vocabulary, else hermes)", choices=TOOL_CALL_PARSERS),
     ServeOption("dtype", str, "weights and KV precision; auto: bfloat16 on CUDA, float32 on the CPU",
                 engine_field="dtype", choices=tuple(DTYPES)),
     ServeOption("max_model_len", int, "context limit, prompt + output (default: the model's, capped by the KV pool)",
@@ -158,6 +162,7 @@ def run_server_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
                            "port": DEFAULT_PORT if options.get("port") is None else options["port"],
                            "api_key": options.get("api_key"), "served_model_name": options.get("served_model_name"),
                            "chat_template": options.get("chat_template"),
+                           "tool_call_parser": options.get("tool_call_parser"),
                            "log_requests": not options.get("disable_log_requests", False)}
     if options.get("preset") is not None:
         out["preset"] = options["preset"]

@@ -145,6 +145,8 @@ class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None  # a tool message's: the call it answers
+    name: str | None = None
 
 
 class FunctionSpec(_Body):

@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP server over the embedded engine (`engine.AsyncEngine`): the app, its endpoints,
 request -> engine and engine -> response. Its parts: agentrt/serve_schema.py (request bodies, refused
 fields, errors), serve_programs.py (program identity, turns, lifetime), serve_metrics.py (Prometheus),
+serve_tools.py (tools through the chat template, the reply's calls back as `tool_calls`),
 serve_config.py (the `agentrt serve` flags). All web code lives in these; the engine has none.
 
     run_server(model="path/to/model", port=8000, preset="agentrt", kv_cache_tokens=65536)   # blocking
@@ -8,15 +9,17 @@ serve_config.py (the `agentrt serve` flags). All web code lives in these; the en
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both streaming as SSE or not),
 GET /v1/models, GET /health, GET /metrics (Prometheus, vLLM's metric names plus agentrt's). Tools in
-chat are rendered into the system prompt in the hermes format and parsed back into OpenAI
-`tool_calls`; `tool_choice` `required` or a named function prefills the start of a call.
+chat go through the model's own chat template where it takes them (else Hermes text in the system
+prompt), and the reply's calls, in the model's format (hermes, llama3_json or mistral;
+`tool_call_parser` overrides), come back as OpenAI `tool_calls`; `tool_choice` `required` or a named
+function prefills the start of a call.
 
 The server is a runtime: it identifies the agent program a request belongs to from whatever the
 client sends (`program_id`/`job_id` or X-Agentrt-Program-Id; else SGLang's `session_id` or the
 X-Session-ID header that vLLM's router keys sessions on; else OpenAI's `prompt_cache_key`), counts
 its turns when the client does not, and, with a preset's retention policy, pins the program's KV
-after each non-final turn for the TTL predicted for the tool call read out of the reply (hermes
-`<tool_call>` when `tools` were given, a bash block otherwise; a client's own `agentrt.ttl_s` wins).
+after each non-final turn for the TTL predicted for the tool call read out of the reply (in the
+tool-call format when `tools` were given, a bash block otherwise; a client's own `agentrt.ttl_s` wins).
 The gap until the program's next request is the tool's duration, which teaches the predictor.
 
 Invariants:
@@ -75,7 +78,6 @@ from agentrt.serve_programs import ProgramTable, _EndedProgram, _PendingCall
 from agentrt.serve_schema import (
     APIError,
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
     _api_error_handler,
     _APIKeyMiddleware,
@@ -84,8 +86,8 @@ from agentrt.serve_schema import (
     _refuse_unsupported,
     _validation_error_handler,
 )
+from agentrt.serve_tools import ToolSetup, reply_tool_calls, tool_mode
 
-TOOL_CALL_TAG = "<tool_call>"
 logger = logging.getLogger("agentrt.server")
 
 
@@ -100,6 +102,7 @@ class _Server:
     clock: Callable[[], float] = time.monotonic  # program lifetimes and tool gaps
     programs: ProgramTable = None  # type: ignore[assignment]
     chat_template: str | None = None  # overrides the tokenizer's
+    tools: ToolSetup = None  # type: ignore[assignment]  # how tools are rendered and calls parsed
     log_requests: bool = True
     # finished requests by finish reason (each present from the start, as vLLM's are)
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("stop", "length", "abort", "error"), 0))
@@ -115,8 +118,8 @@ class _Job:
     prompt_ids: list[int]
     params: SamplingParams
     hint: ProgramHint
-    tool_format: str = "bash"  # how the reply asks for a tool: hermes when tools are parsed, else a bash block
-    parse_tools: bool = False  # the reply's hermes calls become OpenAI tool_calls
+    tool_format: str = "bash"  # how the reply asks for a tool: the tool-call parser's when tools are parsed, else a bash block
+    parse_tools: bool = False  # the reply's calls become OpenAI tool_calls
     reply_prefix: str = ""  # text the server prefilled into the reply (tool_choice required / named)
     ttl_s: float | None = None  # the client's TTL for this turn's pin (agentrt.ttl_s)
     this_func_call: str | None = None
@@ -206,7 +209,7 @@ def _make_job(server: _Server, req: _GenerationRequest, prompt: str | list[int],
     server.num_requests += 1
     hint = ProgramHint(program_id=who.program_id, turn=turn, is_last_turn=who.is_last_turn, tenant=who.tenant)
     return _Job(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), prompt_ids, params, hint,
-                "hermes" if parse_tools else "bash", parse_tools, reply_prefix,
+                server.tools.parser if parse_tools else "bash", parse_tools, reply_prefix,
                 req.agentrt.ttl_s if req.agentrt is not None else None, req.this_func_call)
 
 
@@ -312,53 +315,8 @@ async def _final_output(server: _Server, job: _Job) -> RequestOutput:
     return last
 
 
-def _render_message(msg: ChatMessage) -> dict[str, str]:
-    """An OpenAI message as a chat-template message; an assistant's earlier tool calls become hermes
-    text, the form the model was taught to write them in."""
-    text = "".join(p.text for p in msg.content) if isinstance(msg.content, list) else msg.content or ""
-    if msg.tool_calls:
-        try:
-            calls = toolcalls.parse_openai_tool_calls(msg.tool_calls)
-        except ValueError as exc:
-            raise APIError(400, f"invalid tool_calls in an assistant message: {exc}", param="messages") from None
-        text += "".join(f"\n{TOOL_CALL_TAG}\n{json.dumps({'name': c.name, 'arguments': c.arguments})}\n</tool_call>"
-                        for c in calls)
-    return {"role": "system" if msg.role == "developer" else msg.role, "content": text}
-
-
-def _tool_mode(req: ChatCompletionRequest) -> tuple[bool, str]:
-    """(whether tools are rendered and the reply's calls parsed, the text prefilled into the reply):
-    `auto` (the default) offers the tools; `none` neither shows them nor reads calls; `required` starts
-    the reply with `<tool_call>`; a named function starts it with that function's call."""
-    choice = req.tool_choice
-    if not req.tools:
-        if choice in (None, "auto", "none"):
-            return False, ""
-        raise APIError(400, "tool_choice 'required' or a named function needs `tools`", param="tool_choice")
-    if choice == "none":
-        return False, ""
-    if choice in (None, "auto"):
-        return True, ""
-    if req.continue_final_message:
-        raise APIError(400, "tool_choice 'required' or a named function cannot continue a final message "
-                            "(both decide how the reply starts)", param="tool_choice")
-    if choice == "required":
-        return True, f"{TOOL_CALL_TAG}\n"
-    name = choice.function.name
-    if name not in {t.function.name for t in req.tools}:
-        raise APIError(400, f"tool_choice names the function {name!r}, which is not among the tools",
-                       param="tool_choice")
-    return True, f'{TOOL_CALL_TAG}\n{{"name": {json.dumps(name)}, "arguments": '
-
-
-def _chat_prompt(server: _Server, req: ChatCompletionRequest, render_tools: bool, reply_prefix: str) -> str:
-    messages = [_render_message(m) for m in req.messages]
-    if render_tools:
-        tools_text = toolcalls.render_tools("hermes", [t.model_dump(exclude_none=True) for t in req.tools])
-        if messages[0]["role"] == "system":
-            messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{tools_text}"}
-        else:
-            messages.insert(0, {"role": "system", "content": tools_text})
+def _chat_prompt(server: _Server, req: ChatCompletionRequest, with_tools: bool, reply_prefix: str) -> str:
+    messages, tools = server.tools.render(req, with_tools)
     prefill = reply_prefix
     if req.continue_final_message:
         if messages[-1]["role"] != "assistant" or req.add_generation_prompt:
@@ -367,11 +325,12 @@ def _chat_prompt(server: _Server, req: ChatCompletionRequest, render_tools: bool
         prefill = messages.pop()["content"]
     try:
         add_prompt = req.add_generation_prompt or req.continue_final_message
-        if server.chat_template is not None:
-            text = server.aengine.tokenizer.apply_chat_template(
-                messages, chat_template=server.chat_template, tokenize=False, add_generation_prompt=add_prompt)
-        else:
+        if server.chat_template is None and tools is None:
             text = server.aengine.engine.apply_chat_template(messages, add_generation_prompt=add_prompt)
+        else:  # a template of the server's own, or the model's taking the tools
+            text = server.aengine.tokenizer.apply_chat_template(
+                messages, tools=tools, chat_template=server.chat_template, tokenize=False,
+                add_generation_prompt=add_prompt)
         return text + prefill
     except (ValueError, jinja2.TemplateError) as exc:
         raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from None
@@ -379,38 +338,12 @@ def _chat_prompt(server: _Server, req: ChatCompletionRequest, render_tools: bool
 
 # ---- engine -> response --------------------------------------------------------------------------
 
-def hermes_to_openai(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """(content, tool_calls) of a reply in the hermes format. Without a parsable call the whole
-    text is the content; with calls, the content is what precedes the first `<tool_call>`."""
-    calls, _error = toolcalls.parse("hermes", text)
-    if not calls:
-        return text, []
-    content = text[:text.find(TOOL_CALL_TAG)]
-    return (content if content.strip() else None), [
-        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
-        for c in calls]
-
-
-def _reply_tool_calls(job: _Job, req: ChatCompletionRequest, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+def _reply_tool_calls(server: _Server, job: _Job, req: ChatCompletionRequest,
+                      text: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(content, tool_calls) of a finished chat reply (the prefilled start of a call included)."""
     if not job.parse_tools:
         return text, []
-    content, calls = hermes_to_openai(job.reply_prefix + text)
-    if req.parallel_tool_calls is False:
-        calls = calls[:1]
-    return content, calls
-
-
-def _streamable_content(text: str) -> str:
-    """While streaming with tools: the text that cannot turn out to be part of a tool call, i.e.
-    before any `<tool_call>`, less a tail that may be its beginning."""
-    at = text.find(TOOL_CALL_TAG)
-    if at >= 0:
-        return text[:at]
-    for k in range(len(TOOL_CALL_TAG) - 1, 0, -1):
-        if text.endswith(TOOL_CALL_TAG[:k]):
-            return text[:-k]
-    return text
+    return reply_tool_calls(server.tools.parser, job.reply_prefix + text, req.parallel_tool_calls)
 
 
 def _usage(out: RequestOutput) -> dict[str, Any]:
@@ -467,10 +400,10 @@ async def _chat_stream(server: _Server, job: _Job, req: ChatCompletionRequest) -
             if not job.parse_tools:
                 visible = last.text
             elif last.finished:
-                content, tool_calls = _reply_tool_calls(job, req, last.text)
+                content, tool_calls = _reply_tool_calls(server, job, req, last.text)
                 visible = content or ""
             else:
-                visible = _streamable_content(job.reply_prefix + last.text)
+                visible = toolcalls.streamable_content(server.tools.parser, job.reply_prefix + last.text)
             new_tokens = len(last.delta_token_ids)
             logprobs = _chat_logprobs(server, last, num_tokens, new_tokens) if req.logprobs and new_tokens else None
             num_tokens += new_tokens
@@ -512,14 +445,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     server: _Server = request.app.state.server
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    parse_tools, reply_prefix = _tool_mode(body)
+    parse_tools, reply_prefix = tool_mode(body, server.tools.parser)
     prompt = _chat_prompt(server, body, parse_tools, reply_prefix)
     job = _make_job(server, body, prompt, max_tokens, top, "chatcmpl", request.headers,
                     parse_tools=parse_tools, reply_prefix=reply_prefix)
     if body.stream:
         return _SSEResponse(_chat_stream(server, job, body))
     out = await _final_output(server, job)
-    content, tool_calls = _reply_tool_calls(job, body, out.text)
+    content, tool_calls = _reply_tool_calls(server, job, body, out.text)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -566,11 +499,13 @@ async def metrics(request: Request) -> PlainTextResponse:
 def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
                retention: Retention | None = None, *, clock: Callable[[], float] = time.monotonic,
                program_idle_timeout_s: float = DEFAULT_PROGRAM_IDLE_TIMEOUT_S, chat_template: str | None = None,
-               log_requests: bool = True) -> FastAPI:
+               tool_call_parser: str | None = None, log_requests: bool = True) -> FastAPI:
     """The ASGI app; its lifespan runs the engine's step loop. `api_key` guards every /v1/* route.
     `retention` (a preset's) pins a program's KV after each non-final turn, for the TTL predicted for
     the tool call read out of the reply. `clock` times programs (their idle end, tool gaps, JCT);
-    `chat_template` (Jinja text) replaces the tokenizer's; `log_requests`: one log line per request."""
+    `chat_template` (Jinja text) replaces the tokenizer's; `tool_call_parser` (hermes, llama3_json,
+    mistral) overrides the format read from the model; `log_requests`: one log line per request."""
+    tools = ToolSetup.for_model(engine.tokenizer, chat_template, tool_call_parser)  # a bad parser fails here
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -580,7 +515,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
     app = FastAPI(title="agentrt", lifespan=lifespan)
     server = _Server(engine, model_name, retention=retention, clock=clock,
                      programs=ProgramTable(clock, program_idle_timeout_s), chat_template=chat_template,
-                     log_requests=log_requests)
+                     tools=tools, log_requests=log_requests)
     server.metrics = ServerMetrics(server)
     app.state.server = server
     app.include_router(router)
@@ -595,18 +530,20 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
 def run_server(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                served_model_name: str | None = None, preset: str | Preset = DEFAULT_PRESET,
                chat_template: str | None = None, program_idle_timeout_s: float = DEFAULT_PROGRAM_IDLE_TIMEOUT_S,
-               log_requests: bool = True, **engine_options: Any) -> None:
+               tool_call_parser: str | None = None, log_requests: bool = True, **engine_options: Any) -> None:
     """Loads the model with the preset's engine options (`engine_options`, EngineConfig fields,
     override them) and serves it with the preset's retention policy until interrupted.
-    `chat_template`: a Jinja file (or the template itself) used instead of the tokenizer's."""
+    `chat_template`: a Jinja file (or the template itself) used instead of the tokenizer's;
+    `tool_call_parser`: the format tool calls are read in (default: the model's)."""
     preset = get_preset(preset)
     template = load_chat_template(chat_template) if chat_template else None  # fails before the model loads
     aengine = AsyncEngine(EngineConfig(model=model), **{**preset.engine_options(), **engine_options})
     name = served_model_name or aengine.engine.model_dir.name
     if log_requests and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s [%(name)s] %(message)s")
-    logger.info("serving %s as %r on http://%s:%d (preset %s)", aengine.engine.model_dir, name, host, port,
-                preset.name)
     app = create_app(aengine, name, api_key, preset.retention(), program_idle_timeout_s=program_idle_timeout_s,
-                     chat_template=template, log_requests=log_requests)
+                     chat_template=template, tool_call_parser=tool_call_parser, log_requests=log_requests)
+    logger.info("serving %s as %r on http://%s:%d (preset %s, tool calls: %s%s)", aengine.engine.model_dir, name,
+                host, port, preset.name, app.state.server.tools.parser,
+                ", tools through the chat template" if app.state.server.tools.native else "")
     uvicorn.run(app, host=host, port=port)

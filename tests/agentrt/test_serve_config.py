@@ -20,7 +20,7 @@ from tests.conftest import free_port, serve, serve_process
 TEMPLATE = ("{% for m in messages %}### {{ m['role'] | upper }}: {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}### ASSISTANT:{% endif %}")
 DEFAULTS = {"model": None, "host": "127.0.0.1", "port": 8000, "api_key": None, "served_model_name": None,
-            "chat_template": None, "log_requests": True, "program_idle_timeout_s": 600.0}
+            "chat_template": None, "tool_call_parser": None, "log_requests": True, "program_idle_timeout_s": 600.0}
 
 
 def kwargs(*argv: str) -> dict:
@@ -36,9 +36,9 @@ def test_vllm_named_flags_reach_run_server_as_engine_options():
                  "0.0.0.0", "--dtype", "half", "--max-model-len", "1024", "--max-num-seqs", "8",
                  "--max-num-batched-tokens", "512", "--no-enable-prefix-caching", "--kv-cache-tokens", "4096",
                  "--kv-reuse", "off", "--seed", "3", "--chat-template", "t.jinja", "--preset", "fcfs",
-                 "--program-idle-timeout", "30", "--disable-log-requests")
+                 "--program-idle-timeout", "30", "--disable-log-requests", "--tool-call-parser", "llama3_json")
     assert got == {"model": "m", "host": "0.0.0.0", "port": 9001, "api_key": "k", "served_model_name": "srv",
-                   "chat_template": "t.jinja", "log_requests": False, "program_idle_timeout_s": 30.0,
+                   "chat_template": "t.jinja", "tool_call_parser": "llama3_json", "log_requests": False, "program_idle_timeout_s": 30.0,
                    "preset": "fcfs", "dtype": "float16", "max_model_len": 1024, "max_num_seqs": 8,
                    "max_num_batched_tokens": 512, "enable_prefix_caching": False, "kv_cache_tokens": 4096,
                    "kv_reuse": "off", "seed": 3}
@@ -91,7 +91,7 @@ def test_help_lists_the_vllm_flags_without_importing_torch():
     assert out.returncode == 0, out.stderr
     for flag in ("--dtype", "--max-model-len", "--max-num-seqs", "--max-num-batched-tokens", "--enable-prefix-caching",
                  "--no-enable-prefix-caching", "--served-model-name", "--api-key", "--chat-template",
-                 "--kv-cache-tokens", "--kv-reuse", "--config"):
+                 "--tool-call-parser", "--kv-cache-tokens", "--kv-reuse", "--config"):
         assert flag in out.stdout, flag
 
 

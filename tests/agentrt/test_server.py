@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from agentrt.server import _streamable_content, create_app, hermes_to_openai, run_server
+from agentrt.server import create_app, run_server
 from engine import AsyncEngine, ConfigError, EngineConfig, ProgramHint
 from tests.conftest import forced_outputs, recording_engine_class, serve
 
@@ -329,24 +329,6 @@ def test_chat_with_tools_and_tool_messages(client, http, forced):
     last = json.loads(events[-2])["choices"][0]
     assert last["finish_reason"] == "tool_calls"
     assert [c["function"] for c in last["delta"]["tool_calls"]] == [{"name": "bash", "arguments": '{"cmd": "ls -la"}'}]
-
-
-def test_hermes_text_becomes_openai_tool_calls():
-    text = ('Let me look.\n<tool_call>\n{"name": "bash", "arguments": {"cmd": "ls -la"}}\n</tool_call>\n'
-            '<tool_call>{"name": "read", "arguments": {"path": "a.py"}}</tool_call>')
-    content, calls = hermes_to_openai(text)
-    assert content == "Let me look.\n"
-    assert [c["function"] for c in calls] == [{"name": "bash", "arguments": '{"cmd": "ls -la"}'},
-                                              {"name": "read", "arguments": '{"path": "a.py"}'}]
-    assert all(c["type"] == "function" and c["id"].startswith("call_") for c in calls)
-    assert len({c["id"] for c in calls}) == 2
-    assert hermes_to_openai('<tool_call>{"name": "bash", "arguments": {}}</tool_call>')[0] is None
-    assert hermes_to_openai("just text") == ("just text", [])
-    assert hermes_to_openai("<tool_call>{not json</tool_call>") == ("<tool_call>{not json</tool_call>", [])
-    # streaming holds back whatever may still turn into a tool call
-    assert _streamable_content("Sure. <tool_") == "Sure. "
-    assert _streamable_content("Sure. <tool_call>{") == "Sure. "
-    assert _streamable_content("a < b") == "a < b"
 
 
 # ---- disconnects and start-up --------------------------------------------------------------------
