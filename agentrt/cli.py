@@ -5,7 +5,7 @@
     agentrt dashboard [--db URL] [--host 127.0.0.1] [--port 8050] [--tenant-keys FILE]
     agentrt bfcl [--category base|long_context|miss_func|miss_param] [--limit N] [--oracle] [--tool-delay D] [--json OUT]
     agentrt swe --instances FILE.jsonl [--workdir DIR] [--step-limit N] [--predictions OUT]
-    agentrt serve [--preset P] [--model DIR] [--config FILE.yaml] [--port 8000] [vLLM-named flags: --max-model-len N ...]
+    agentrt serve [--preset P] [--model M] [--config FILE.yaml] [--port 8000] [vLLM-named flags: --max-model-len N ...]
     agentrt sim --traces DIR [--programs N] --rate R [--rate R2 ...] [--preset P ...] [--hardware H] [--json OUT] [--png OUT]
 
 Presets (agentrt/presets.py) name the serving configuration: fcfs, program, continuum-fixed,
@@ -65,7 +65,9 @@ def make_backend(args):
 def add_backend_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--backend", choices=["embedded", "openai"], default="embedded")
     ap.add_argument("--base-url", action="append", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    ap.add_argument("--model", help="model directory (embedded) or served model name (openai)")
+    ap.add_argument("--model", help="embedded: a model directory, a .gguf file, a name (default, "
+                    "qwen2.5-coder-0.5b-instruct) or Org/Model from the local Hugging Face cache; "
+                    "openai: the served model name")
     ap.add_argument("--api-key", help="API key for --backend openai")
 
 
