@@ -47,7 +47,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -193,6 +193,8 @@ def _make_job(server: _Server, req: _GenerationRequest, prompt: str | list[int],
     engine = server.aengine.engine
     prompt_param = "messages" if isinstance(req, ChatCompletionRequest) else "prompt"
     params = _sampling_params(req, max_tokens, logprobs, engine.max_model_len)
+    if parse_tools:  # a model's call markers are often special tokens: keep them in the text (as vLLM does)
+        params = replace(params, skip_special_tokens=False)
     try:
         prompt_ids = engine.make_request(prompt, params).token_ids
     except PromptTooLongError as exc:
@@ -239,7 +241,7 @@ def _retention_callback(server: _Server, job: _Job) -> Callable | None:
         return None
 
     def ttl_s(out: RequestOutput, snapshot: EngineSnapshot) -> float:  # runs in the engine thread
-        calls, _ = toolcalls.parse(job.tool_format, job.reply_prefix + out.text)
+        calls, _ = toolcalls.parse(job.tool_format, job.reply_prefix + _reply_text(server, job, out))
         call = calls[0] if calls else (ToolCall(job.this_func_call, {}) if job.this_func_call else None)
         ttl, pending = job.ttl_s or 0.0, None
         if call is not None and retention is not None:
@@ -338,6 +340,19 @@ def _chat_prompt(server: _Server, req: ChatCompletionRequest, with_tools: bool, 
 
 # ---- engine -> response --------------------------------------------------------------------------
 
+def _reply_text(server: _Server, job: _Job, out: RequestOutput) -> str:
+    """The reply's text. With tools parsed it is decoded with its special tokens (a model's call
+    markers, e.g. Qwen's `<tool_call>`, often are ones), less the special token that stopped it."""
+    text = out.text
+    if job.parse_tools and out.finished and out.finish_reason == "stop" and not isinstance(out.stop_reason, str) \
+            and out.token_ids:
+        decode = server.aengine.tokenizer.decode
+        last = out.token_ids[-1]
+        if decode([last], skip_special_tokens=True) == "":
+            text = text.removesuffix(decode([last], skip_special_tokens=False))
+    return text
+
+
 def _reply_tool_calls(server: _Server, job: _Job, req: ChatCompletionRequest,
                       text: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(content, tool_calls) of a finished chat reply (the prefilled start of a call included)."""
@@ -400,7 +415,7 @@ async def _chat_stream(server: _Server, job: _Job, req: ChatCompletionRequest) -
             if not job.parse_tools:
                 visible = last.text
             elif last.finished:
-                content, tool_calls = _reply_tool_calls(server, job, req, last.text)
+                content, tool_calls = _reply_tool_calls(server, job, req, _reply_text(server, job, last))
                 visible = content or ""
             else:
                 visible = toolcalls.streamable_content(server.tools.parser, job.reply_prefix + last.text)
@@ -452,7 +467,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.stream:
         return _SSEResponse(_chat_stream(server, job, body))
     out = await _final_output(server, job)
-    content, tool_calls = _reply_tool_calls(server, job, body, out.text)
+    content, tool_calls = _reply_tool_calls(server, job, body, _reply_text(server, job, out))
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls

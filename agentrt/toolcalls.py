@@ -4,7 +4,8 @@ Formats (the ones agents use):
 - `bash`: mini-swe-agent's protocol: exactly one fenced shell block per reply (```bash, ```sh,
   ```shell, or mini-swe-agent 2's ```mswea_bash_command), run as a shell command;
 - `hermes`: Hermes/Qwen `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (also what
-  the server renders an OpenAI `tools` request into for models without native tool calling);
+  the server renders an OpenAI `tools` request into for models without native tool calling), or a
+  reply that is only such objects, untagged (as small Qwen models write them);
 - `llama3_json`: Llama 3.1/3.2's JSON calls, the reply being `{"name": ..., "parameters": {...}}`
   objects (`;` between several), after `<|python_tag|>` or not;
 - `mistral`: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`, or the newer
@@ -70,7 +71,22 @@ def parse_bash(text: str) -> list[ToolCall]:
     return [ToolCall("bash", {"command": command}, _call_id(), raw=blocks[0])]
 
 
+def _bare_json_calls(text: str) -> list[ToolCall]:
+    """A reply that is nothing but call objects, `{"name": ..., "arguments": {...}}` (small Qwen models
+    answer so, without the tags); anything else is no call."""
+    try:
+        values = _json_values(text.strip(), "")
+    except ToolFormatError:
+        return []
+    if not values or not all(isinstance(v, dict) and isinstance(v.get("name"), str) and
+                             ("arguments" in v or "parameters" in v) for v, _ in values):
+        return []
+    return [_from_json_call(v, raw) for v, raw in values]
+
+
 def parse_hermes(text: str) -> list[ToolCall]:
+    if HERMES_TAG not in text and text.lstrip().startswith("{"):
+        return _bare_json_calls(text)
     calls = []
     for body in _HERMES.findall(text):
         try:
@@ -259,7 +275,7 @@ def split_reply(fmt: str, text: str) -> tuple[str | None, list[ToolCall]]:
 def streamable_content(fmt: str, text: str) -> str:
     """While a reply streams: the part of `text` that cannot turn out to be part of a call (text before
     a call's marker, less a tail that may be its beginning; nothing while the reply may start with one)."""
-    lead = {"llama3_json": ("{", PYTHON_TAG), "mistral": ("[{",)}.get(fmt, ())
+    lead = {"hermes": ("{",), "llama3_json": ("{", PYTHON_TAG), "mistral": ("[{",)}.get(fmt, ())
     head = text.lstrip()
     if any(head.startswith(m) or m.startswith(head) for m in lead):
         return ""
@@ -279,7 +295,7 @@ def call_prefill(fmt: str, name: str | None = None) -> str:
     """The start of a reply that is a call (of `name`, or of any function): what `tool_choice`
     `required` or a named function prefills."""
     if fmt == "hermes":
-        return f'{HERMES_TAG}\n{{"name": {json.dumps(name)}, "arguments": ' if name else f"{HERMES_TAG}\n"
+        return f'{HERMES_TAG}\n{{"name": {json.dumps(name)}, "arguments": ' if name else f'{HERMES_TAG}\n{{"name": "'
     if fmt == "llama3_json":
         return f'{{"name": {json.dumps(name)}, "parameters": ' if name else '{"name": "'
     if fmt == "mistral":

@@ -123,10 +123,10 @@ def test_tool_choice_none_neither_renders_tools_nor_parses_calls(server, http, f
 
 
 def test_tool_choice_required_prefills_a_call(server, http, forced):
-    forced["required"] = '{"name": "bash", "arguments": {"cmd": "make test"}}\n</tool_call>'
+    forced["required"] = 'bash", "arguments": {"cmd": "make test"}}\n</tool_call>'
     body = {"tools": TOOLS, "tool_choice": "required", "program_id": "required"}
     choice = post_chat(http, **body).json()["choices"][0]
-    assert prompt_text(server).endswith("<|im_start|>assistant\n<tool_call>\n")
+    assert prompt_text(server).endswith('<|im_start|>assistant\n<tool_call>\n{"name": "')
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
     (call,) = choice["message"]["tool_calls"]
     assert call["function"] == {"name": "bash", "arguments": '{"cmd": "make test"}'}

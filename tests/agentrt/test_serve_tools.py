@@ -61,7 +61,7 @@ Call a function with <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_
 # rest of a call after `tool_choice: required`'s prefill
 REPLIES = {
     "hermes": ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n'
-               '</tool_call>', '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'),
+               '</tool_call>', 'get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'),
     "llama3_json": ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "unit": "C"}}',
                     'get_weather", "parameters": {"city": "Paris", "unit": "C"}}'),
     "mistral": ('Let me check. [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}]',
@@ -139,7 +139,7 @@ def test_tool_choice_required_prefills_a_call_in_the_parsers_format(server, forc
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     (call,) = choice.message.tool_calls
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == ARGS
-    assert last_prompt(server).endswith({"hermes": "<tool_call>\n", "llama3_json": '{"name": "',
+    assert last_prompt(server).endswith({"hermes": '<tool_call>\n{"name": "', "llama3_json": '{"name": "',
                                          "mistral": '[TOOL_CALLS][{"name": "'}[parser])
 
 
@@ -180,3 +180,24 @@ def test_template_takes_tools_and_a_bad_parser_is_refused(tiny_model_dir):
     assert not template_takes_tools(None) and not template_takes_tools("{% broken")
     with pytest.raises(ValueError, match="llama3_json"):
         ToolSetup.for_model(object(), None, "pythonic")
+
+
+@pytest.mark.slow
+def test_qwen_coder_returns_a_structured_call_for_auto_and_required():
+    """The real qwen2.5-coder-0.5b-instruct (by name), greedy: its own chat template takes the tools, and
+    its answer to a weather question comes back as a `get_weather` call with the city, either way."""
+    aengine = AsyncEngine(EngineConfig(model="qwen2.5-coder-0.5b-instruct"), kv_cache_tokens=2048)
+    app = create_app(aengine, "qwen", log_requests=False)
+    assert app.state.server.tools == ToolSetup("hermes", native=True)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city",
+                                               "parameters": {"type": "object", "properties": {"city": {
+                                                   "type": "string", "description": "the city"}}, "required": ["city"]}}}]
+    with serve(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for choice in ("auto", "required"):
+            resp = client.chat.completions.create(
+                model="qwen", messages=[{"role": "user", "content": "What is the weather like in Paris right now?"}],
+                tools=tools, tool_choice=choice, temperature=0, max_tokens=40)
+            (call,) = resp.choices[0].message.tool_calls
+            assert resp.choices[0].finish_reason == "tool_calls", choice
+            assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}

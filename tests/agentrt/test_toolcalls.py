@@ -46,6 +46,14 @@ def test_hermes_calls_and_errors():
     assert toolcalls.parse("hermes", "no calls here") == ([], None)
 
 
+def test_hermes_reply_that_is_only_untagged_call_objects():
+    calls, err = toolcalls.parse("hermes", '{"name": "get_weather", "arguments": {"city": "Paris"}}\n')
+    assert err is None and [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert toolcalls.split_reply("hermes", '{"name": "now", "arguments": {}}')[0] is None
+    for text in ('{"name": "Ada", "age": 36}', '{"name": "x", "arguments": {}} and more', '{"name": '):
+        assert toolcalls.parse("hermes", text) == ([], None)  # JSON that is not only calls is an answer
+
+
 def test_bfcl_python_call_syntax():
     calls, err = toolcalls.parse("bfcl", '[cd(folder="docs"), mv(source="a.txt", destination="b.txt"), ls()]')
     assert err is None
@@ -158,6 +166,7 @@ def test_streaming_holds_back_what_may_still_become_a_call():
     assert toolcalls.streamable_content("hermes", "Sure. <tool_") == "Sure. "
     assert toolcalls.streamable_content("hermes", "Sure. <tool_call>{") == "Sure. "
     assert toolcalls.streamable_content("hermes", "a < b") == "a < b"
+    assert toolcalls.streamable_content("hermes", '{"name": "ls"') == ""  # may be an untagged call
     assert toolcalls.streamable_content("mistral", "Sure. [TOOL_") == "Sure. "
     assert toolcalls.streamable_content("mistral", "[") == ""  # may be a call list whose tag was decoded away
     assert toolcalls.streamable_content("mistral", "[1, 2] are numbers") == "[1, 2] are numbers"
@@ -168,7 +177,7 @@ def test_streaming_holds_back_what_may_still_become_a_call():
 
 @pytest.mark.parametrize("fmt", toolcalls.TOOL_CALL_PARSERS)
 def test_a_prefilled_call_start_parses_with_the_rest_of_the_reply(fmt):
-    rest = {"hermes": '{"name": "ls", "arguments": {"path": "."}}\n</tool_call>', "llama3_json": 'ls", "parameters": '
+    rest = {"hermes": 'ls", "arguments": {"path": "."}}\n</tool_call>', "llama3_json": 'ls", "parameters": '
             '{"path": "."}}', "mistral": 'ls", "arguments": {"path": "."}}]'}[fmt]
     (call,), err = toolcalls.parse(fmt, toolcalls.call_prefill(fmt) + rest)
     assert err is None and (call.name, call.arguments) == ("ls", {"path": "."})
