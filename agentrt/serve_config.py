@@ -44,7 +44,8 @@ class ServeOption:
 
 
 SERVE_OPTIONS: tuple[ServeOption, ...] = (
-    ServeOption("model", str, "model directory or .gguf file (default: SmolLM2-135M-Instruct)", metavar="DIR"),
+    ServeOption("model", str, "model directory, .gguf file, name (default, qwen2.5-coder-0.5b-instruct) or "
+                "Org/Model from the local Hugging Face cache (default: SmolLM2-135M-Instruct)", metavar="MODEL"),
     ServeOption("host", str, f"bind address (default: {DEFAULT_HOST})"),
     ServeOption("port", int, f"default: {DEFAULT_PORT}"),
     ServeOption("api_key", str, "require `Authorization: Bearer KEY` on every /v1/ route", metavar="KEY"),
