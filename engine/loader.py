@@ -223,7 +223,8 @@ def convert_gguf(gguf: Path, target: Path, *, _locked: bool = False) -> Path:
     with lock:
         if (target / _DONE_MARKER).exists():
             return target
-        print(f"agentrt: dequantizing {gguf.name} once into {target} (about 20-40 s)...", file=sys.stderr)
+        print(f"agentrt: dequantizing {gguf.name} ({gguf.stat().st_size >> 20} MB) once into {target} "
+              "(once: about 25 s for 135M parameters, a minute for 0.5B, on 2 CPU cores)...", file=sys.stderr)
         import torch
         from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
