@@ -49,7 +49,8 @@ SERVE_OPTIONS: tuple[ServeOption, ...] = (
     ServeOption("host", str, f"bind address (default: {DEFAULT_HOST})"),
     ServeOption("port", int, f"default: {DEFAULT_PORT}"),
     ServeOption("api_key", str, "require `Authorization: Bearer KEY` on every /v1/ route", metavar="KEY"),
-    ServeOption("served_model_name", str, "the `model` clients send (default: the model directory's name)",
+    ServeOption("served_model_name", str, "the `model` clients send (default: a --model name as given, else "
+                "the model directory's name)",
                 metavar="NAME"),
     ServeOption("chat_template", str, "a Jinja chat template (a file, or the template itself) used instead of "
                 "the tokenizer's", metavar="FILE"),

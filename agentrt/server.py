@@ -48,6 +48,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -553,7 +554,8 @@ def run_server(*, model: str | None = None, host: str = "127.0.0.1", port: int =
     preset = get_preset(preset)
     template = load_chat_template(chat_template) if chat_template else None  # fails before the model loads
     aengine = AsyncEngine(EngineConfig(model=model), **{**preset.engine_options(), **engine_options})
-    name = served_model_name or aengine.engine.model_dir.name
+    # a name (`qwen2.5-coder-0.5b-instruct`, `Org/Model`) is served as given, as vLLM does; a path by its last part
+    name = served_model_name or (model if model and not Path(model).exists() else aengine.engine.model_dir.name)
     if log_requests and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s [%(name)s] %(message)s")
     app = create_app(aengine, name, api_key, preset.retention(), program_idle_timeout_s=program_idle_timeout_s,
