@@ -12,7 +12,7 @@ layer. `TorchAttentionBackend` is the reference: it writes new K/V into their sl
 - decodes (one query each): one batched SDPA over the gathered, padded tiles of all decoding sequences.
 Gathers write into reused workspace buffers: fresh multi-MB tensors per layer cost more in page
 faults than the copy itself on CPU. It is correct on CPU and CUDA. `CpuAttentionBackend` replaces
-the decode path with a C kernel that reads the tiles in place; `TritonAttentionBackend`
+the decode path with a C kernel that reads the tiles in place (float32 or bfloat16); `TritonAttentionBackend`
 (engine/attention_triton.py) implements the same interface for GPUs with the kernels in kernels/.
 """
 
@@ -156,26 +156,28 @@ class TorchAttentionBackend(AttentionBackend):
 
 class CpuAttentionBackend(TorchAttentionBackend):
     """The torch backend with decodes through the C paged-attention kernel, which reads the cache
-    tiles in place instead of gathering them (float32 CPU; see kernels/cpu_attention.py)."""
+    tiles in place instead of gathering them (a float32 or bfloat16 CPU cache; see kernels/cpu_attention.py)."""
 
     def _prepare_decode(self, meta: AttentionMetadata) -> None:
         self._tables, self._lens = meta.decode_block_tables, meta.decode_ctx_lens
+        self._max_ctx = int(self._lens.max())  # once per step, not once per layer
 
     def _decode(self, layer: int, qd: torch.Tensor) -> torch.Tensor:
         return cpu_attention.paged_decode_attention(qd, self.k_cache[layer], self.v_cache[layer], self._tables,
-                                                    self._lens, self.head_dim ** -0.5)
+                                                    self._lens, self.head_dim ** -0.5, self._max_ctx)
 
 
 def make_attention_backend(name: str, k_cache: torch.Tensor, v_cache: torch.Tensor) -> AttentionBackend:
     """`auto` takes the Triton kernels on a CUDA cache (when triton is installed), the C decode kernel
-    on a float32 CPU cache when it compiles here, else torch."""
+    on a float32 or bfloat16 CPU cache when it compiles here, else torch."""
     if name == "auto":
         if k_cache.device.type == "cuda":
             from kernels import _triton
 
             name = "triton" if _triton.AVAILABLE else "torch"
         else:
-            cpu_ok = k_cache.device.type == "cpu" and k_cache.dtype == torch.float32 and cpu_attention.available()
+            cpu_ok = (k_cache.device.type == "cpu" and k_cache.dtype in cpu_attention.CACHE_DTYPES
+                      and cpu_attention.available())
             name = "cpu" if cpu_ok else "torch"
     if name == "triton":  # imported here: CPU-only runs never load triton
         from engine.attention_triton import TritonAttentionBackend

@@ -29,11 +29,14 @@ def test_the_kernel_is_available_where_a_compiler_exists():
     (4, 2, 36, 16),   # head_dim not a multiple of 8: scalar path
     (4, 1, 64, 4),    # block smaller than 8 rows: scalar path
 ])
-def test_kernel_matches_reference(heads, kv_heads, head_dim, block_size):
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_kernel_matches_reference(heads, kv_heads, head_dim, block_size, cache_dtype):
+    """float32 arithmetic over the cache's values: a bfloat16 cache gives the reference's result on
+    the same values widened to float32, to float32 rounding."""
     g = torch.Generator().manual_seed(heads * 1000 + head_dim)
     num_blocks = 64
-    k = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=g)
-    v = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=g)
+    k = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=g).to(cache_dtype)
+    v = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=g).to(cache_dtype)
     # ragged: 1 token, exactly one block, one past a boundary, long, and a partial last block
     lens = torch.tensor([1, block_size, block_size + 1, 7 * block_size + 3, 3 * block_size - 1])
     width = int((lens.max() + block_size - 1) // block_size)
@@ -41,8 +44,24 @@ def test_kernel_matches_reference(heads, kv_heads, head_dim, block_size):
     q = torch.randn(len(lens), heads, head_dim, generator=g)
     scale = head_dim ** -0.5
     got = cpu_attention.paged_decode_attention(q, k, v, tables, lens, scale)
-    ref = cpu_attention.paged_decode_attention_ref(q, k, v, tables, lens, scale)
+    ref = cpu_attention.paged_decode_attention_ref(q, k.float(), v.float(), tables, lens, scale)
     torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-5)
+
+
+@needs_cc
+def test_bfloat16_queries_give_bfloat16_output_rounded_once():
+    """The model's bf16 queries: the kernel widens them, computes in float32 and rounds the output
+    once, so it equals the float32 result rounded to bfloat16 (and max_ctx given equals max_ctx found)."""
+    g = torch.Generator().manual_seed(7)
+    k = torch.randn(16, 3, 16, 64, generator=g).bfloat16()
+    v = torch.randn(16, 3, 16, 64, generator=g).bfloat16()
+    tables = torch.randperm(16, generator=g)[:12].view(3, 4)
+    lens = torch.tensor([1, 33, 64])
+    q = torch.randn(3, 9, 64, generator=g).bfloat16()
+    got = cpu_attention.paged_decode_attention(q, k, v, tables, lens, 0.125, max_ctx=64)
+    assert got.dtype == torch.bfloat16
+    ref = cpu_attention.paged_decode_attention_ref(q.float(), k.float(), v.float(), tables, lens, 0.125)
+    torch.testing.assert_close(got, ref.bfloat16(), atol=0, rtol=0.0079)  # within one bf16 rounding step
 
 
 @needs_cc
