@@ -64,16 +64,18 @@ def hf_greedy(hf_model, prompt_ids: list[int], max_new_tokens: int) -> list[int]
 
 
 def recording_engine_class():
-    """The real async engine, also recording the program hint each request reached it with."""
+    """The real async engine, also recording the prompt (token ids) and program hint each request reached it with."""
     from engine import AsyncEngine
 
     class RecordingEngine(AsyncEngine):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.hints = []
+            self.prompts: list[list[int]] = []
 
         def generate(self, prompt, params=None, *, hint=None, **kwargs):
             self.hints.append(hint)
+            self.prompts.append(list(prompt))
             return super().generate(prompt, params, hint=hint, **kwargs)
 
     return RecordingEngine

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from agentrt.server import create_app
-from engine import AsyncEngine, EngineConfig
-from tests.conftest import forced_outputs, serve
+from engine import EngineConfig
+from tests.conftest import forced_outputs, recording_engine_class, serve
 
 MODEL = "tiny"
 HELLO = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. Agents call tools."}]
@@ -25,19 +25,9 @@ TOOLS = [{"type": "function", "function": {"name": name, "description": f"the {n
 CALL_TEXT = 'Let me look.\n<tool_call>\n{"name": "bash", "arguments": {"cmd": "ls -la"}}\n</tool_call>'
 
 
-class PromptRecordingEngine(AsyncEngine):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.prompts: list[list[int]] = []
-
-    def generate(self, prompt, params=None, **kwargs):
-        self.prompts.append(list(prompt))
-        return super().generate(prompt, params, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    aengine = PromptRecordingEngine(EngineConfig(model=str(tiny_model_dir)), kv_cache_tokens=4096)
+    aengine = recording_engine_class()(EngineConfig(model=str(tiny_model_dir)), kv_cache_tokens=4096)
     with serve(create_app(aengine, MODEL)) as url:
         yield url, aengine
 

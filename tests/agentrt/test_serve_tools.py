@@ -18,7 +18,7 @@ import pytest
 from agentrt.serve_tools import ToolSetup, template_takes_tools
 from agentrt.server import create_app
 from engine import AsyncEngine, EngineConfig
-from tests.conftest import forced_outputs, serve
+from tests.conftest import forced_outputs, recording_engine_class, serve
 
 MODEL = "tiny"
 HELLO = [{"role": "user", "content": "What is the weather in Paris? Use the tools."}]
@@ -70,16 +70,6 @@ REPLIES = {
 CONTENT = {"hermes": "Let me check.\n", "llama3_json": None, "mistral": "Let me check. "}
 
 
-class PromptRecordingEngine(AsyncEngine):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.prompts: list[list[int]] = []
-
-    def generate(self, prompt, params=None, **kwargs):
-        self.prompts.append(list(prompt))
-        return super().generate(prompt, params, **kwargs)
-
-
 # (the server's set-up, its chat template, its --tool-call-parser): the model's own template taking the
 # tools (its parser read from it), and the fallback Hermes text with each parser named
 SETUPS = {"native-hermes": (QWEN_LIKE, None), "hermes": (None, None), "llama3_json": (None, "llama3_json"),
@@ -89,7 +79,7 @@ SETUPS = {"native-hermes": (QWEN_LIKE, None), "hermes": (None, None), "llama3_js
 @pytest.fixture(scope="module", params=list(SETUPS))
 def server(request, tiny_model_dir):
     template, parser = SETUPS[request.param]
-    aengine = PromptRecordingEngine(EngineConfig(model=str(tiny_model_dir)), kv_cache_tokens=4096)
+    aengine = recording_engine_class()(EngineConfig(model=str(tiny_model_dir)), kv_cache_tokens=4096)
     app = create_app(aengine, MODEL, chat_template=template, tool_call_parser=parser, log_requests=False)
     with serve(app) as url:
         yield {"name": request.param, "url": url, "aengine": aengine, "tools": app.state.server.tools,
