@@ -3,8 +3,8 @@
     agentrt run AGENT.py [--preset P] [--programs N] [--rate R] [--backend embedded|openai --base-url URL ...] [--db URL]
     agentrt report [--db URL] [--run ID] [--json] [--html OUT] [--png DIR [--compare ID]]
     agentrt dashboard [--db URL] [--host 127.0.0.1] [--port 8050] [--tenant-keys FILE]
-    agentrt bfcl [--category base|long_context|miss_func|miss_param] [--limit N] [--oracle] [--tool-delay D] [--json OUT]
-    agentrt swe --instances FILE.jsonl [--workdir DIR] [--step-limit N] [--predictions OUT]
+    agentrt bfcl [--category base|long_context|miss_func|miss_param] [--mode prompt|fc] [--limit N] [--oracle] [--tool-delay D] [--json OUT] [--result-dir DIR]
+    agentrt swe --instances FILE.jsonl [--repo-root DIR] [--workers N] [--step-limit N] [--predictions OUT] [--trajectories DIR]
     agentrt serve [--preset P] [--model M] [--config FILE.yaml] [--port 8000] [vLLM-named flags: --max-model-len N ...]
     agentrt sim --traces DIR [--programs N] --rate R [--rate R2 ...] [--preset P ...] [--hardware H] [--json OUT] [--png OUT]
 
@@ -59,7 +59,8 @@ def make_backend(args):
         if not args.base_url:
             raise SystemExit("agentrt: --backend openai needs --base-url (repeat it for several servers)")
         return OpenAIBackend(args.base_url, model=args.model, api_key=args.api_key)
-    return EmbeddedBackend(model=args.model, preset=getattr(args, "preset", None))
+    options = {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
+    return EmbeddedBackend(model=args.model, preset=getattr(args, "preset", None), **options)
 
 
 def add_backend_arguments(ap: argparse.ArgumentParser) -> None:
@@ -69,6 +70,8 @@ def add_backend_arguments(ap: argparse.ArgumentParser) -> None:
                     "qwen2.5-coder-0.5b-instruct) or Org/Model from the local Hugging Face cache; "
                     "openai: the served model name")
     ap.add_argument("--api-key", help="API key for --backend openai")
+    ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="embedded: weights' and KV cache's dtype (default: the engine's)")
 
 
 def add_preset_argument(ap: argparse.ArgumentParser, what: str) -> None:
@@ -90,8 +93,48 @@ def cmd_run(args) -> int:
     runtime = Runtime(make_backend(args), db=args.db, progress=not args.no_progress, name=Path(args.agent).stem, **options)
     result = runtime.run(module.agent, _tasks(module, args.programs), rate=args.rate, seed=args.seed)
     rep = run_report(args.db, result.run_id)
-    print(json.dumps(rep, indent=2, default=str) if args.json else format_report(rep))
+    answers = program_answers(module, result)
+    if args.json:
+        print(json.dumps({**rep, "answers": answers}, indent=2, default=str))
+    else:
+        print(format_report(rep))
+        print(format_answers(answers))
+        print(f"next: agentrt dashboard --db {args.db}   (timelines, pins, predicted tool durations; "
+              f"or agentrt report --db {args.db} --run {result.run_id[:12]})")
     return 0 if not result.by_status("failed") else 1
+
+
+def program_answers(module, result) -> list[dict]:
+    """Each program's answer (its agent's return value) and JCT; `right` is the agent file's
+    `check(task, answer)` verdict where it defines one (None otherwise)."""
+    check = getattr(module, "check", None)
+    out = []
+    for p in result.programs:
+        right = None
+        if callable(check) and p.status == "finished":
+            try:
+                right = bool(check(p.task, p.result))
+            except Exception as exc:  # a grader's bug must not hide the run's report
+                print(f"agentrt: check() failed on program {p.index}: {exc!r}", file=sys.stderr)
+        elif callable(check):
+            right = False
+        out.append({"index": p.index, "status": p.status, "jct_s": p.jct_s, "answer": p.result, "right": right})
+    return out
+
+
+def format_answers(answers: list[dict], width: int = 100) -> str:
+    graded = [a for a in answers if a["right"] is not None]
+    lines = ["  #   JCT (s)  answer" + ("  [right/wrong: the agent file's check()]" if graded else "")]
+    for a in answers:
+        text = "(no answer)" if a["answer"] is None else " ".join(str(a["answer"]).split())
+        if len(text) > width:
+            text = text[: width - 3] + "..."
+        mark = "" if a["right"] is None else ("right  " if a["right"] else "wrong  ")
+        jct = "-" if a["jct_s"] is None else f"{a['jct_s']:.2f}"
+        lines.append(f"{a['index']:>3}  {jct:>8}  {mark}{text}")
+    if graded:
+        lines.append(f"{sum(a['right'] for a in graded)}/{len(graded)} answers right")
+    return "\n".join(lines)
 
 
 def cmd_report(args) -> int:
@@ -140,7 +183,7 @@ def cmd_bfcl(args) -> int:
     delay = ToolDelay.parse(args.tool_delay, seed=args.seed)
     scores = run_bfcl(make_backend(args), args.category or ["base"], limit=args.limit, oracle=args.oracle,
                       delay=delay, db=args.db, rate=args.rate, seed=args.seed, max_tokens=args.max_tokens,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, mode=args.mode, result_dir=args.result_dir)
     print(format_scores(scores))
     if args.json:
         Path(args.json).write_text(json.dumps(scores if len(scores) > 1 else next(iter(scores.values())), indent=2))
@@ -150,10 +193,11 @@ def cmd_bfcl(args) -> int:
 def cmd_swe(args) -> int:
     from agentrt.workloads.swe import format_summary, load_instances, run_swe
 
-    summary = run_swe(make_backend(args), load_instances(args.instances), workdir=args.workdir,
-                      step_limit=args.step_limit, prefill=args.prefill, db=args.db, predictions_out=args.predictions,
-                      timings_out=args.timings, run_tests=not args.no_tests, max_tokens=args.max_tokens,
-                      progress=not args.no_progress)
+    summary = run_swe(make_backend(args), load_instances(args.instances, repo_root=args.repo_root),
+                      workdir=args.workdir, step_limit=args.step_limit, prefill=args.prefill, db=args.db,
+                      predictions_out=args.predictions, timings_out=args.timings, run_tests=not args.no_tests,
+                      max_tokens=args.max_tokens, progress=not args.no_progress, workers=args.workers,
+                      trajectories_out=args.trajectories)
     print(format_summary(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
@@ -234,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="multi-turn category (repeat for several; default: base)")
     bfcl.add_argument("--limit", type=int, help="first N entries of each category (default: all 200)")
     add_backend_arguments(bfcl)
+    bfcl.add_argument("--mode", choices=["prompt", "fc"], default="prompt",
+                      help="prompt: BFCL's own system prompt and decoder (scores compare with BFCL's prompting "
+                      "runs); fc: structured tools through the model's chat template (default: prompt)")
+    bfcl.add_argument("--result-dir", help="also write BFCL's own result/ and score/ files under this directory")
     bfcl.add_argument("--oracle", action="store_true", help="run the ground-truth calls instead of the model's")
     bfcl.add_argument("--tool-delay", default="none",
                       help="injected tool latency: none, fixed:S, lognormal:MEDIAN:SIGMA or trace[:PATH.jsonl]")
@@ -246,16 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     bfcl.set_defaults(func=cmd_bfcl)
 
     swe = sub.add_parser("swe", help="SWE-bench-format instances (local repositories) in a mini-swe-agent-style loop")
-    swe.add_argument("--instances", required=True, help="JSONL: instance_id, repo/repo_path, base_commit, "
-                     "problem_statement, test_cmd[, test_patch]")
+    swe.add_argument("--instances", required=True, help="JSONL of SWE-bench records: instance_id, repo, base_commit, "
+                     "problem_statement, FAIL_TO_PASS, PASS_TO_PASS, test_patch[, test_cmd, repo_path]")
+    swe.add_argument("--repo-root", help="a folder of local clones: REPO_ROOT/name, owner__name or owner/name")
     swe.add_argument("--workdir", default="swe-work", help="where the sandboxed checkouts go (default: swe-work)")
+    swe.add_argument("--workers", type=int, help="at most N instances at once (default: all at once)")
+    swe.add_argument("--trajectories", metavar="DIR",
+                     help="write mini-swe-agent's DIR/<instance_id>/<instance_id>.traj.json, rebuilt from the store")
     add_backend_arguments(swe)
     swe.add_argument("--step-limit", type=int, default=20, help="LLM turns per instance")
     swe.add_argument("--prefill", action="store_true", help="start every reply inside a ```bash block (small models)")
     swe.add_argument("--max-tokens", type=int, default=256, help="per LLM call")
     swe.add_argument("--predictions", help="write SWE-bench's predictions JSONL here")
     swe.add_argument("--timings", help="write every bash action's duration as toolpredict records (JSONL) here")
-    swe.add_argument("--no-tests", action="store_true", help="do not run test_cmd on the patches")
+    swe.add_argument("--no-tests", action="store_true", help="do not run the tests on the patches")
     swe.add_argument("--db", default="agentrt.db", help="SQLAlchemy URL or SQLite file (default: agentrt.db)")
     swe.add_argument("--json", help="write the per-instance results here")
     swe.add_argument("--no-progress", action="store_true")

@@ -4,16 +4,22 @@ Each program gets its own copy of this project's `engine/` package plus a small 
 directory (its sandbox), a question about it, and a mini-swe-agent-style loop: the model answers with
 one ```bash block per turn, the command runs for real (timeout, output cap), its output goes back,
 and so on until the model answers without a command, says COMPLETE_TASK_AND_SUBMIT, or hits the turn
-limit. A 135M model makes poor tool calls, so the agent starts its acting turns inside the block
+limit. Small models make poor tool calls, so the agent starts its acting turns inside the block
 (`prefill="```bash\n"`), format errors are fed back as mini-swe-agent does, and the turn limit ends
-the rest. Run with `agentrt run examples/explore_repo.py --programs 6`.
+the rest. Run with `agentrt run examples/explore_repo.py --programs 6 [--model qwen2.5-coder-0.5b-instruct]`.
+
+`check(task, answer)` grades an answer against the truth, computed from the program's own sandbox
+(never from a stored key), so `agentrt run` prints right/wrong beside each program's answer. The
+grading is lenient on wording and strict on the fact asked for (a file name, a count, pass/fail).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +45,7 @@ QUESTIONS = [
     "How many Python files are in the engine directory?",
     "Run the tests in test_tree.py with pytest and tell me whether they pass.",
     "What does the function hash_block return? Look at its definition.",
-    "List the files in this directory and tell me which one is the largest.",
+    "Which file in the engine directory is the largest? Use ls -S.",
     "Find where SamplingParams is defined and name two of its fields.",
 ]
 
@@ -99,3 +105,49 @@ async def agent(ctx, task):
             return result.output
         act = False  # after an observation the model may answer, or act again
     return None  # turn limit
+
+
+# ---- grading: the truth from the sandbox itself ---------------------------------------------------
+
+def _numbers(text: str) -> set[int]:
+    return {int(n) for n in re.findall(r"(?<![\w.])\d+(?![\w.])", text)}
+
+
+def _tests_pass(work: Path) -> bool:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tree.py"], cwd=work,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(work)})
+    return proc.returncode == 0
+
+
+def _dataclass_fields(source: str, cls: str) -> list[str]:
+    body = source.split(f"class {cls}", 1)[1].split("\n    def ", 1)[0]
+    return re.findall(r"^    (\w+): ", body, re.MULTILINE)
+
+
+def check(task: dict, answer) -> bool:
+    """Whether `answer` (the program's result) states the true answer to `task`'s question."""
+    if not isinstance(answer, str) or not answer.strip():
+        return False
+    text, work = answer.lower(), Path(task["workdir"])
+    engine = work / "engine"
+    question = QUESTIONS.index(task["question"])
+    if question == 0:  # the file that defines BlockPool
+        where = [p.name for p in engine.rglob("*.py") if "class BlockPool" in p.read_text()]
+        return any(name in text for name in where)
+    if question == 1:  # Python files in engine/: directly in it, or in its whole tree
+        counts = {len(list(engine.glob("*.py"))), len(list(engine.rglob("*.py")))}
+        return bool(counts & _numbers(text))
+    if question == 2:  # do the tests pass?
+        says_fail = re.search(r"\bfail|\berror|not pass|don't pass|do not pass|did not pass", text) is not None
+        says_pass = re.search(r"\bpass", text) is not None and not says_fail
+        return says_pass if _tests_pass(work) else says_fail
+    if question == 3:  # hash_block returns the blake2b digest (16 bytes) of the chained block
+        return re.search(r"digest|bytes|blake2", text) is not None
+    if question == 4:  # the largest file directly in engine/
+        largest = max((p for p in engine.iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+        return largest.name.lower() in text
+    if question == 5:  # SamplingParams' module and two of its fields
+        source = next(p for p in engine.rglob("*.py") if "class SamplingParams" in p.read_text())
+        fields = _dataclass_fields(source.read_text(), "SamplingParams")
+        return sum(re.search(rf"\b{f}\b", text) is not None for f in fields) >= 2
+    return False

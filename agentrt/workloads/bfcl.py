@@ -1,16 +1,25 @@
 """BFCL v4 multi-turn entries as agent programs, run against BFCL's own tool classes and scored by its own checker.
 
-    scores = run_bfcl(EmbeddedBackend(), ["base"], limit=10, delay=ToolDelay.parse("lognormal:0.5:1"))
+    scores = run_bfcl(EmbeddedBackend(), ["base"], limit=10, mode="prompt", delay=ToolDelay.parse("lognormal:0.5:1"))
 
 One program per entry (package `bfcl-eval`, its data and code, nothing copied): the entry's user
 turns in order; a miss_func entry's empty turn becomes BFCL's "I have updated some more functions"
-message and its held-out functions become tools from then on. In each turn the model answers in
-BFCL's Python-call syntax (`[f(a=1), g(b="x")]`, tool format `bfcl`); each call runs through BFCL's
-executor (`execute_multi_turn_func_call`) on this program's instances of the entry's classes
-(GorillaFileSystem, TwitterAPI, TradingBot, ... loaded with the entry's initial config), its result
-goes back as a tool message, and so on until the model answers without a call or with a reply that
-does not parse (BFCL then moves to the next turn), or BFCL's step limit force-terminates the entry.
-After the run, BFCL's `multi_turn_checker` compares the states and results against the ground truth.
+message and its held-out functions become tools from then on. Two modes, as BFCL has them:
+
+- `prompt` (BFCL's prompting models): BFCL's own default system prompt (its
+  `system_prompt_pre_processing_chat_model`, function docs as JSON, answers as a Python list of calls
+  `[f(a=1), g(b="x")]`), each reply decoded by BFCL's own decoder (`default_decode_execute_prompting`),
+  so that scores compare with BFCL's leaderboard runs of prompting models;
+- `fc` (BFCL's function-calling models): structured tools through the model's chat template (the
+  backend's native tools: an OpenAI-compatible server, or the embedded engine through
+  `ChatTemplateToolsBackend`), the reply's calls read by the model's parser (agentrt/toolcalls.py).
+
+Each call runs through BFCL's executor (`execute_multi_turn_func_call`) on this program's instances of
+the entry's classes (GorillaFileSystem, TwitterAPI, TradingBot, ... loaded with the entry's initial
+config), its result goes back as a tool message, and so on until the model answers without a call or
+with a reply that does not decode (BFCL then moves to the next turn), or BFCL's step limit
+force-terminates the entry. After the run, BFCL's `multi_turn_checker` compares the states and
+results against the ground truth; `write_bfcl_files` writes BFCL's own result and score files.
 
 `oracle=True` still asks the model at every step (the serving path at full length) but runs the
 turn's ground-truth calls in its first step, written into the conversation in place of the model's
@@ -23,10 +32,14 @@ id; every program (and every scoring) uses a name of its own and drops its insta
 from __future__ import annotations
 
 import ast
+import copy
+import dataclasses
 import inspect
+import json
 import math
 import random
 import statistics
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -37,14 +50,16 @@ from typing import Any
 
 import anyio
 
+from agentrt import toolcalls
 from agentrt.backends.base import Backend
 from agentrt.context import Context
 from agentrt.runtime import Runtime
-from agentrt.tools import Tool
-from agentrt.types import ToolCall
-from engine.params import SamplingParams
+from agentrt.tools import Tool, ToolBox
+from agentrt.types import ChatReply, LLMTimings, ToolCall
+from engine.params import ProgramHint, SamplingParams
 
 CATEGORIES = ("base", "long_context", "miss_func", "miss_param")
+MODES = ("prompt", "fc")
 
 
 # ---- injected tool latency -----------------------------------------------------------------------
@@ -168,6 +183,131 @@ class BFCLFunction(Tool):
         return output, not output.startswith("Error during execution"), None
 
 
+class _UndescribedToolBox(ToolBox):
+    """Runs the entry's functions but describes none of them to the runtime: in prompt mode BFCL's
+    own system prompt describes them, so the runtime must add no tool text of its own (nor parse the
+    reply: BFCL's decoder does)."""
+
+    def specs(self) -> list[dict]:
+        return []
+
+
+def decode_prompt_reply(text: str) -> list[ToolCall]:
+    """A prompt-mode reply's calls, decoded as BFCL decodes a prompting model's reply
+    (`default_decode_execute_prompting`); [] where BFCL finds none or cannot decode it (it then ends
+    the turn)."""
+    from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_utils import is_empty_execute_response
+    from bfcl_eval.model_handler.utils import default_decode_execute_prompting
+
+    try:
+        decoded = default_decode_execute_prompting(text)
+    except Exception:  # BFCL catches every decoding error the same way: the turn is over
+        return []
+    if is_empty_execute_response(decoded):
+        return []
+    calls = []
+    for source in decoded:
+        node = ast.parse(source, mode="eval").body
+        name = ast.unparse(node.func)
+        try:
+            arguments = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
+        except ValueError:  # a nested call as an argument: BFCL's executor would fail on it too
+            arguments = {"_unparsed": source}
+        calls.append(ToolCall(name, arguments, "call_" + uuid.uuid4().hex[:24], raw=source))
+    return calls
+
+
+# ---- the embedded engine with tools through the model's chat template ------------------------------
+
+class ChatTemplateToolsBackend(Backend):
+    """The embedded engine as a native-tools backend: the request's `tools` go through the model's own
+    chat template (`apply_chat_template(messages, tools=...)`; Hermes text in the system prompt where
+    the template takes no tools), the reply is decoded with its special tokens (Qwen's `<tool_call>`
+    is one) and its calls read by the model's parser (toolcalls.TOOL_CALL_PARSERS, chosen from the
+    template and vocabulary as `agentrt serve` chooses it, or given). What vLLM's OpenAI server does
+    with `tools`, in process: BFCL's function-calling mode over `EmbeddedBackend`."""
+
+    native_tools = True
+
+    def __init__(self, inner, parser: str | None = None):
+        from agentrt.serve_tools import ToolSetup
+
+        self.inner = inner
+        self.name = inner.name
+        self.preset = getattr(inner, "preset", None)
+        self.model_name = getattr(inner, "model_name", None)
+        self.tokenizer = inner.aengine.engine.tokenizer
+        self.setup = ToolSetup.for_model(self.tokenizer, parser=parser)
+
+    async def __aenter__(self) -> "ChatTemplateToolsBackend":
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.inner.__aexit__(*exc_info)
+
+    def end_program(self, program_id: str) -> None:
+        self.inner.end_program(program_id)
+
+    def sample(self) -> dict | None:
+        return self.inner.sample()
+
+    def _message(self, m: dict) -> dict:
+        out = {"role": m["role"], "content": m.get("content") or ""}
+        if m["role"] == "tool" and self.setup.native:
+            out.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None})
+        if m.get("tool_calls"):
+            calls = toolcalls.parse_openai_tool_calls(m["tool_calls"])
+            if self.setup.native:  # templates expect the arguments as objects
+                out["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+            else:
+                out["content"] += "".join(toolcalls.call_text(self.setup.parser, c) for c in calls)
+        return out
+
+    def render(self, messages: list[dict], tools: list[dict] | None) -> str:
+        """The prompt text: the conversation (and the tools) through the model's chat template."""
+        msgs = [self._message(m) for m in messages]
+        if tools and self.setup.native:
+            return self.tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True)
+        if tools:
+            text = toolcalls.render_tools(self.setup.parser, tools)
+            if msgs and msgs[0]["role"] == "system":
+                msgs[0] = {**msgs[0], "content": f"{msgs[0]['content']}\n\n{text}"}
+            else:
+                msgs.insert(0, {"role": "system", "content": text})
+        return self.inner.aengine.engine.apply_chat_template(msgs)
+
+    async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
+                   tools: list[dict] | None = None, last_tool: str | None = None,
+                   prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
+        queued = time.time()
+        engine = self.inner.aengine.engine
+        held = hint.program_id is not None and hint.program_id in engine.snapshot.pinned_programs
+        if tools:  # a model's call markers are often special tokens: keep them in the text
+            params = dataclasses.replace(params, skip_special_tokens=False)
+        out = await self.inner.aengine.complete(self.render(messages, tools) + (prefill or ""), params, hint=hint,
+                                                retention=retention)
+        if out.finish_reason == "error":
+            raise RuntimeError(f"the model failed on this request: {out.stop_reason}")
+        text = (prefill or "") + out.text
+        if tools and out.finish_reason == "stop" and not isinstance(out.stop_reason, str) and out.token_ids:
+            last = out.token_ids[-1]  # the special token that stopped it is no part of the reply
+            if self.tokenizer.decode([last], skip_special_tokens=True) == "":
+                text = text.removesuffix(self.tokenizer.decode([last], skip_special_tokens=False))
+        content, calls = toolcalls.split_reply(self.setup.parser, text) if tools else (text, [])
+        wall, mono = time.time(), time.monotonic()
+        m = out.metrics
+
+        def epoch(t):
+            return None if t is None else wall - (mono - t)
+
+        timings = LLMTimings(queued, epoch(m.first_scheduled_time), epoch(m.first_token_time), epoch(m.finish_time))
+        return ChatReply(content or "", out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
+                         len(out.token_ids), timings, reused_tokens=out.num_reused_tokens, tool_calls=calls,
+                         pin_held=held)
+
+
 # ---- the agent program ---------------------------------------------------------------------------
 
 @dataclass(slots=True, repr=False)
@@ -177,48 +317,98 @@ class BFCLTask:
     ground_truth: list[list[str]]
     oracle: bool = False
     delay: ToolDelay = field(default_factory=lambda: ToolDelay.parse("none"))
+    mode: str = "prompt"  # prompt: BFCL's system prompt and decoder; fc: tools through the chat template
+    # every step's reply as BFCL's result files hold it (prompt: the text; fc: [{name: arguments JSON}])
+    responses: list[list[Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:  # the store's task column: the entry id, not its (large) initial state
         return self.entry["id"]
+
+
+def bfcl_system_prompt(entry: dict, turn: list[dict]) -> list[dict]:
+    """The first turn's messages with BFCL's default prompting system prompt (its own function, on the
+    entry's function docs) in front, as BFCL's prompting handlers send them."""
+    from bfcl_eval.model_handler.utils import system_prompt_pre_processing_chat_model
+
+    return system_prompt_pre_processing_chat_model(copy.deepcopy(turn), entry["function"], entry["id"])
+
+
+def openai_docs(docs: list[dict]) -> list[dict]:
+    """BFCL's function docs as its function-calling handlers send them: BFCL's own conversion
+    (`convert_to_tool`: JSON-schema types for BFCL's `dict`/`float`/..., "object" parameters)."""
+    from bfcl_eval.constants.enums import ModelStyle
+    from bfcl_eval.constants.type_mappings import GORILLA_TO_OPENAPI
+    from bfcl_eval.model_handler.utils import convert_to_tool
+
+    return [t.get("function", t) for t in convert_to_tool(docs, GORILLA_TO_OPENAPI, ModelStyle.OPENAI_COMPLETIONS)]
+
+
+def _fc_reply(calls: list[ToolCall]) -> list[dict]:
+    return [{c.name: json.dumps(c.arguments)} for c in calls]  # BFCL's FC handlers' per-step result
 
 
 async def bfcl_agent(ctx: Context, task: BFCLTask) -> list[list[list[str]]]:
     """Runs one entry; returns its calls per turn, per step (BFCL's decoded model result). Fewer
     turns than the entry has means BFCL's step limit force-terminated it."""
     from bfcl_eval.constants.default_prompts import (
+        DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC,
         DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_PROMPTING,
         MAXIMUM_STEP_LIMIT,
     )
 
+    if task.mode not in MODES:
+        raise ValueError(f"unknown BFCL mode {task.mode!r}; choose from {', '.join(MODES)}")
+    fc = task.mode == "fc"
+    if fc and not ctx.backend.native_tools:
+        raise ValueError("BFCL's function-calling mode needs a backend with native tools: an OpenAI-compatible "
+                         "server, or the embedded engine through ChatTemplateToolsBackend (agentrt bfcl --mode fc)")
     entry = task.entry
     session = _Session(entry, f"agentrt_{ctx.program_id}")
+    task.responses = []
     try:
-        tools = [BFCLFunction(doc, session, task.delay) for doc in entry["function"]]
+        describe = openai_docs if fc else list
+        tools = [BFCLFunction(doc, session, task.delay) for doc in describe(entry["function"])]
+        if not fc:  # BFCL's system prompt describes the tools; the runtime only runs them
+            ctx.toolbox = _UndescribedToolBox(tools)
         held_out: dict[str, list[dict]] = entry.get("missed_function", {})
         turns = entry["question"]
         result: list[list[list[str]]] = []
         for turn, messages in enumerate(turns):
             if str(turn) in held_out:
                 docs = held_out[str(turn)]
-                tools += [BFCLFunction(doc, session, task.delay) for doc in docs]
-                messages = [{"role": "user", "content": DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_PROMPTING.format(
-                    functions=docs)}]
+                added = [BFCLFunction(doc, session, task.delay) for doc in describe(docs)]
+                tools += added
+                for t in added:
+                    ctx.toolbox.add(t)
+                text = (DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC if fc
+                        else DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_PROMPTING.format(functions=docs))
+                messages = [{"role": "user", "content": text}]
+            elif turn == 0 and not fc:
+                messages = bfcl_system_prompt(entry, messages)
             ctx.messages.extend(messages)
             oracle_calls = [session.bind(src) for src in task.ground_truth[turn]] if task.oracle else []
             steps: list[list[str]] = []
+            responses: list[Any] = []
+            task.responses.append(responses)
             for step in range(MAXIMUM_STEP_LIMIT + 1):
                 planned = oracle_calls if step == 0 else []
                 last = task.oracle and turn == len(turns) - 1 and not planned
-                reply = await ctx.chat(tools=tools, last_turn=last, next_tool_call=planned[0] if planned else None)
+                reply = await ctx.chat(tools=tools if fc else None, tool_format="openai" if fc else "bfcl",
+                                       last_turn=last, next_tool_call=planned[0] if planned else None)
                 if task.oracle:
                     calls = planned
-                    if calls:
+                    if calls and fc:
+                        ctx.messages[-1]["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                            "name": c.name, "arguments": json.dumps(c.arguments)}} for c in calls]
+                    elif calls:
                         ctx.messages[-1]["content"] = "[" + ", ".join(c.raw for c in calls) + "]"
                 else:
-                    calls = reply.tool_calls
+                    calls = reply.tool_calls if fc else decode_prompt_reply(reply.text)
+                responses.append(_fc_reply(calls) if fc and calls else ctx.messages[-1].get("content", ""))
                 if not calls:
                     break
-                steps.append([call_text(c.name, c.arguments) for c in calls])
+                steps.append([c.raw if c.raw and "_unparsed" in c.arguments else call_text(c.name, c.arguments)
+                              for c in calls])
                 for call in calls:
                     await ctx.tool(call)
             else:
@@ -249,33 +439,43 @@ def score(task: BFCLTask, result: list | None, status: str = "finished") -> dict
 # ---- a run over categories -----------------------------------------------------------------------
 
 def load_tasks(category: str, limit: int | None = None, *, oracle: bool = False,
-               delay: ToolDelay | None = None) -> list[BFCLTask]:
+               delay: ToolDelay | None = None, mode: str = "prompt") -> list[BFCLTask]:
     """The first `limit` entries of a multi-turn category with their ground truth, from bfcl-eval's data."""
     from bfcl_eval.utils import load_dataset_entry, load_ground_truth_entry
 
     if category not in CATEGORIES:
         raise ValueError(f"unknown BFCL category {category!r}; choose from {', '.join(CATEGORIES)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown BFCL mode {mode!r}; choose from {', '.join(MODES)}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
     entries = load_dataset_entry(f"multi_turn_{category}")[:limit]
     truth = {g["id"]: g["ground_truth"] for g in load_ground_truth_entry(f"multi_turn_{category}")}
     delay = delay or ToolDelay.parse("none")
-    return [BFCLTask(category, e, truth[e["id"]], oracle, delay) for e in entries]
+    return [BFCLTask(category, e, truth[e["id"]], oracle, delay, mode) for e in entries]
 
 
 def run_bfcl(backend: Backend, categories: list[str], *, limit: int | None = None, oracle: bool = False,
              delay: ToolDelay | None = None, db: str | None = None, rate: float | None = None, seed: int = 0,
-             max_tokens: int = 128, progress: bool = False) -> dict[str, dict]:
+             max_tokens: int = 128, progress: bool = False, mode: str = "prompt",
+             result_dir: str | Path | None = None, model_name: str | None = None) -> dict[str, dict]:
     """Runs the entries of every category as programs of one run; per category: entries, accuracy
-    (BFCL's checker), mean JCT (arrival to end of program, scoring excluded) and error types."""
-    tasks = [t for c in categories for t in load_tasks(c, limit, oracle=oracle, delay=delay)]
+    (BFCL's checker), mean JCT (arrival to end of program, scoring excluded) and error types. In `fc`
+    mode an embedded backend is wrapped in `ChatTemplateToolsBackend`. With `result_dir`, BFCL's own
+    result and score files go there too (`write_bfcl_files`)."""
+    tasks = [t for c in categories for t in load_tasks(c, limit, oracle=oracle, delay=delay, mode=mode)]
     from bfcl_eval.constants.default_prompts import MAXIMUM_STEP_LIMIT
 
+    if mode == "fc" and not backend.native_tools:
+        if not hasattr(backend, "aengine"):
+            raise ValueError(f"BFCL's function-calling mode needs a backend with native tools, not {backend.name!r}")
+        backend = ChatTemplateToolsBackend(backend)
     max_steps = max(len(t.entry["question"]) for t in tasks) * (MAXIMUM_STEP_LIMIT + 1)
-    runtime = Runtime(backend, db=db, tool_format="bfcl", max_turns=max_steps, progress=progress,
-                      sampling=SamplingParams(temperature=0.0, max_tokens=max_tokens),
-                      name=f"bfcl-{'+'.join(categories)}{'-oracle' if oracle else ''}")
+    runtime = Runtime(backend, db=db, tool_format="openai" if mode == "fc" else "bfcl", max_turns=max_steps,
+                      progress=progress, sampling=SamplingParams(temperature=0.0, max_tokens=max_tokens),
+                      name=f"bfcl-{'+'.join(categories)}-{mode}{'-oracle' if oracle else ''}")
     run = runtime.run(bfcl_agent, tasks, rate=rate, seed=seed)
+    model = model_name or getattr(backend, "model_name", None) or getattr(backend, "model", None) or backend.name
     out: dict[str, dict] = {}
     for category in categories:
         programs = [p for p in run.programs if p.task.category == category]
@@ -284,18 +484,57 @@ def run_bfcl(backend: Backend, categories: list[str], *, limit: int | None = Non
         out[category] = {
             "entries": len(programs), "correct": correct, "accuracy": correct / len(programs),
             "mean_jct_s": statistics.fmean(p.jct_s for p in programs),
-            "llm_calls": sum(p.turns for p in programs), "oracle": oracle,
-            "tool_delay": (delay or ToolDelay.parse("none")).spec, "run_id": run.run_id,
+            "llm_calls": sum(p.turns for p in programs), "mode": mode, "oracle": oracle, "model": str(model),
+            "max_tokens": max_tokens, "tool_delay": (delay or ToolDelay.parse("none")).spec, "run_id": run.run_id,
             "errors": dict(Counter(v.get("error_type", "?") for v in verdicts if not v["valid"])),
             "failed_programs": [p.error.strip().splitlines()[-1] for p in programs if p.status == "failed"],
         }
+        if result_dir is not None:
+            out[category]["files"] = [str(f) for f in write_bfcl_files(result_dir, _bfcl_model_name(str(model), mode),
+                                                                        category, programs, verdicts)]
     return out
+
+
+def _bfcl_model_name(model: str, mode: str) -> str:
+    # BFCL's directory name for a model: no slashes; function-calling runs carry its "-FC" suffix
+    name = Path(model).name if "/" in model and Path(model).exists() else model.replace("/", "_")
+    return f"{name}-FC" if mode == "fc" else name
+
+
+def write_bfcl_files(result_dir: str | Path, model_name: str, category: str, programs: list,
+                     verdicts: list[dict]) -> list[Path]:
+    """BFCL's own files for one category: `result/MODEL/multi_turn/BFCL_v4_multi_turn_CAT_result.json`
+    (one line per entry: id, every step's reply per turn, latency) and
+    `score/MODEL/multi_turn/BFCL_v4_multi_turn_CAT_score.json` (the accuracy header, then the failed
+    entries with the checker's error), the layout `bfcl evaluate` reads and writes."""
+    from bfcl_eval.utils import get_directory_structure_by_category, get_file_name_by_category
+
+    test_category = f"multi_turn_{category}"
+    sub = get_directory_structure_by_category(test_category)
+    result_path = Path(result_dir) / "result" / model_name / sub / get_file_name_by_category(test_category, is_result_file=True)
+    score_path = Path(result_dir) / "score" / model_name / sub / get_file_name_by_category(test_category, is_score_file=True)
+    rows, failed = [], []
+    for p, verdict in zip(programs, verdicts):
+        entry_id = p.task.entry["id"]
+        rows.append({"id": entry_id, "result": p.task.responses, "latency": p.jct_s, "llm_calls": p.turns,
+                     "status": p.status})
+        if not verdict["valid"]:
+            failed.append({"id": entry_id, "model_name": model_name, "test_category": test_category, "valid": False,
+                           "error": {k: v for k, v in verdict.items() if k != "valid"},
+                           "model_result_decoded": p.result, "possible_answer": p.task.ground_truth})
+    correct = len(programs) - len(failed)
+    header = {"accuracy": correct / len(programs) if programs else 0.0, "correct_count": correct,
+              "total_count": len(programs)}
+    for path, lines in ((result_path, rows), (score_path, [header, *failed])):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(line, default=str) + "\n" for line in lines), encoding="utf-8")
+    return [result_path, score_path]
 
 
 def format_scores(scores: dict[str, dict]) -> str:
     lines = []
     for category, s in scores.items():
-        line = (f"{category}: {s['entries']} entries, accuracy {s['accuracy']:.1%} ({s['correct']}/{s['entries']}), "
+        line = (f"{category} ({s.get('mode', 'prompt')}): {s['entries']} entries, accuracy {s['accuracy']:.1%} ({s['correct']}/{s['entries']}), "
                 f"mean JCT {s['mean_jct_s']:.2f} s, {s['llm_calls']} LLM calls")
         if s["errors"]:
             line += "; errors: " + ", ".join(f"{k} x{n}" for k, n in sorted(s["errors"].items()))
