@@ -56,7 +56,8 @@ SERVE_OPTIONS: tuple[ServeOption, ...] = (
                 "the tokenizer's", metavar="FILE"),
     ServeOption("tool_call_parser", str, "the format the model writes tool calls in (default: read from its chat "
                 "template and vocabulary, else hermes)", choices=TOOL_CALL_PARSERS),
-    ServeOption("dtype", str, "weights and KV precision; auto: bfloat16 on CUDA, float32 on the CPU",
+    ServeOption("dtype", str, "weights and KV precision; auto: bfloat16 on CUDA and on CPUs with "
+                "bf16 matmul hardware (AVX512-BF16, AMX), else float32",
                 engine_field="dtype", choices=tuple(DTYPES)),
     ServeOption("max_model_len", int, "context limit, prompt + output (default: the model's, capped by the KV pool)",
                 engine_field="max_model_len", metavar="N"),

@@ -106,8 +106,8 @@ def _seeded_engine(workload: dict, model: str | None, kv_cache_tokens: int, **op
 
 
 def run_method(name: str, workload: dict, max_tokens: int, model: str | None = None,
-               kv_cache_tokens: int = 65536) -> dict:
-    engine = _seeded_engine(workload, model, kv_cache_tokens, **METHODS[name])
+               kv_cache_tokens: int = 65536, dtype: str = "auto") -> dict:
+    engine = _seeded_engine(workload, model, kv_cache_tokens, dtype=dtype, **METHODS[name])
     first_logits: dict[str, torch.Tensor] = {}
     work: dict[str, float] = {}
 
@@ -183,11 +183,12 @@ def _ttft(out) -> float:
     return out.metrics.first_token_time - out.metrics.arrival_time
 
 
-def run_decode_stage(workload: dict, max_tokens: int, model: str | None = None, kv_cache_tokens: int = 65536) -> dict:
+def run_decode_stage(workload: dict, max_tokens: int, model: str | None = None, kv_cache_tokens: int = 65536,
+                     dtype: str = "auto") -> dict:
     """TPOT of dhd-20 with its decode stage (the default drift) and without (drift 0), side by side
     (`_side_by_side`). The overhead is the mean paired difference over the mean TPOT without."""
     drift = ReuseOptions().drift
-    engines = [_seeded_engine(workload, model, kv_cache_tokens, kv_reuse="dhd", kv_reuse_ratio=0.2)
+    engines = [_seeded_engine(workload, model, kv_cache_tokens, dtype=dtype, kv_reuse="dhd", kv_reuse_ratio=0.2)
                for _ in range(2)]
 
     def switch(engine: Engine, on: bool) -> None:
@@ -199,10 +200,11 @@ def run_decode_stage(workload: dict, max_tokens: int, model: str | None = None, 
             "decode_recomputed_tokens": sum(e.runner.num_decode_recomputed for e in engines)}
 
 
-def run_probe_precision(workload: dict, model: str | None = None, kv_cache_tokens: int = 65536) -> dict | None:
+def run_probe_precision(workload: dict, model: str | None = None, kv_cache_tokens: int = 65536,
+                        dtype: str = "auto") -> dict | None:
     """TTFT of dhd-10 with its probe (the tail's run-ahead) in the dtype `auto` picks and in the
     model's own, side by side (`_side_by_side`); None where `auto` picks the model's."""
-    engines = [_seeded_engine(workload, model, kv_cache_tokens, kv_reuse="dhd", kv_reuse_ratio=0.1)
+    engines = [_seeded_engine(workload, model, kv_cache_tokens, dtype=dtype, kv_reuse="dhd", kv_reuse_ratio=0.1)
                for _ in range(2)]
     low = engines[0].runner.reuser.probe_dtype
     if low == engines[0].dtype:
@@ -242,15 +244,15 @@ def flop_fraction(engine: Engine, req) -> float:
 
 
 def run_scheduling(policy: str, docs: list[str], num_requests: int, docs_per_prompt: int, rate: float,
-                   model: str | None = None, seed: int = 0, kv_cache_tokens: int = 65536) -> dict:
+                   model: str | None = None, seed: int = 0, kv_cache_tokens: int = 65536, dtype: str = "auto") -> dict:
     """A stream of requests with mixed hit rates: each holds 1..docs_per_prompt of the documents the
     cache holds, either as they are (warm: cheap with DHD) or with their words shuffled (cold: as
     long, nothing reusable), arriving as a Poisson process at `rate` per second (the same schedule
     for every policy) into a dhd-20 engine under `policy`. TTFT counts from the scheduled arrival."""
     rng = random.Random(seed)
     seen = docs[: len(docs) // 2]
-    engine = _seeded_engine({"seeds": [_seed(TENANTS[0], d) for d in seen]}, model, kv_cache_tokens, kv_reuse="dhd",
-                            kv_reuse_ratio=0.2, scheduling_policy=policy)
+    engine = _seeded_engine({"seeds": [_seed(TENANTS[0], d) for d in seen]}, model, kv_cache_tokens, dtype=dtype,
+                            kv_reuse="dhd", kv_reuse_ratio=0.2, scheduling_policy=policy)
     stream, at = [], 0.0
     for i in range(num_requests):
         kind = rng.choice(("warm", "cold"))
@@ -345,7 +347,7 @@ def main(args) -> dict:
     sections = _sections(args)
     for name in (args.method or list(METHODS)) if "methods" in sections else []:
         t0 = time.perf_counter()
-        runs[name] = run_method(name, work, args.max_tokens, args.model, args.kv_cache_tokens)
+        runs[name] = run_method(name, work, args.max_tokens, args.model, args.kv_cache_tokens, args.dtype)
         print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     ref = runs.get("full")
     hit = runs.get("dhd-20", next(iter(runs.values())))["hit_rate"] if runs else None
@@ -370,15 +372,15 @@ def main(args) -> dict:
         report["methods"][name] = row
     report["hit_rate"] = hit
     if "decode-stage" in sections:
-        report["decode_stage"] = run_decode_stage(work, args.max_tokens, args.model, args.kv_cache_tokens)
+        report["decode_stage"] = run_decode_stage(work, args.max_tokens, args.model, args.kv_cache_tokens, args.dtype)
     if "probe-precision" in sections:
-        report["probe_precision"] = run_probe_precision(work, args.model, args.kv_cache_tokens)
+        report["probe_precision"] = run_probe_precision(work, args.model, args.kv_cache_tokens, args.dtype)
     if "scheduling" in sections:
         streams = {p: [] for p in ("fcfs", "cache-aware")}
         for i in range(args.sched_repeat):  # a new stream (mix and arrival times) each time, both policies
             for p in streams:
                 streams[p].append(run_scheduling(p, docs, args.sched_requests, args.docs, args.sched_rate,
-                                                 args.model, args.seed + i, args.kv_cache_tokens))
+                                                 args.model, args.seed + i, args.kv_cache_tokens, args.dtype))
         report["scheduling"] = {p: {**{k: statistics.mean(r[k] for r in rs) for k in rs[0]}, "streams": rs}
                                 for p, rs in streams.items()}
     report["workload"] = {"requests": args.requests, "docs_per_prompt": args.docs, "max_tokens": args.max_tokens}
@@ -429,6 +431,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--corpus", default=str(CORPUS))
     ap.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="auto", help="the engines' dtype (auto: bfloat16 on CPUs with bf16 matmul "
+                    "hardware, else float32); float32 to compare with the DHD paper's figures")
     ap.add_argument("--kv-cache-tokens", type=int, default=65536,
                     help="KV pool per method; the seeds of both tenants take ~35k tokens (32768 evicts some)")
     ap.add_argument("--no-scheduling", action="store_true", help="skip the fcfs vs cache-aware stream")

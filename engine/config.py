@@ -78,7 +78,7 @@ class EngineConfig:
 
     model: str | None = None
     device: str | None = None  # None: cuda if available, else cpu
-    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    dtype: str | None = "auto"  # auto (or None): see resolve_dtype
     block_size: int = 16
     kv_cache_tokens: int | None = None  # None: what fits in kv_cache_memory_gb
     kv_cache_memory_gb: float = 4.0
@@ -103,6 +103,20 @@ class EngineConfig:
     kv_reuse_probe_layers: int | None = None  # dhd: layers the prompt's tail runs ahead through (None: all)
     kv_reuse_probe_dtype: str = "auto"  # dhd: the run-ahead's precision (engine.reuse.execute.probe_precision)
     kv_reuse_cross_tenant: bool = False  # reuse KV across tenants (their salts otherwise keep caches apart)
+
+    def resolve_dtype(self, device) -> "torch.dtype":
+        """The weights' and KV cache's dtype on `device`: `dtype` when named; `auto` (or None) is
+        bfloat16 on CUDA and on a CPU with bfloat16 matmul hardware (AVX512-BF16 or AMX, detected once:
+        kernels/cpu_features.py), float32 on other CPUs (where bf16 matmuls are emulated and slow)."""
+        import torch
+
+        from kernels import cpu_features
+
+        if self.dtype not in (None, "auto"):
+            return getattr(torch, self.dtype)
+        if device.type == "cuda" or (device.type == "cpu" and cpu_features.native_bf16()):
+            return torch.bfloat16
+        return torch.float32
 
     def reuse_options(self):
         """The KV reuse options as one record (engine.reuse.plan.ReuseOptions), or None when off."""

@@ -124,8 +124,7 @@ class Engine:
         """Sets device, dtype, model_dir, model_config, tokenizer, model and eos_token_ids."""
         cfg = self.config
         self.device = _resolve_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype) if cfg.dtype else (
-            torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = cfg.resolve_dtype(self.device)
 
         self.model_dir = loader.resolve_model(cfg.model)
         self.model_config = loader.load_model_config(self.model_dir)

@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.attention import AttentionBackend
 from engine.config import ModelConfig
-from kernels import fused
+from kernels import fused, onednn
 from kernels.fused import rms_norm_ref as rms_norm
 from kernels.fused import rope_ref as apply_rope
 
@@ -69,31 +69,21 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.d
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
 def pick_linear(kind: str, device: torch.device, dtype: torch.dtype) -> Linear:
-    """`torch` is F.linear (MKL on CPU, the same kernels Hugging Face runs); `onednn` calls oneDNN's
-    fp32 GEMM directly, 2-2.8x faster than MKL on AMD CPUs with AVX-512 (MKL takes its slow path
-    there), with float32 rounding differences of ~1e-6 relative. `auto`: onednn on a CPU, if it works."""
+    """`torch` is F.linear (MKL on CPU, the same kernels Hugging Face runs); `onednn` is oneDNN's GEMM
+    with weights packed once (kernels/onednn.py): in float32 2-2.8x MKL on AMD CPUs with AVX-512 (MKL
+    takes its slow path there), with rounding differences of ~1e-6 relative; in bfloat16 twice
+    float32 where the CPU has bf16 hardware. `auto`: onednn on a CPU, in float32 or bfloat16, if it works."""
     if kind == "auto":
-        kind = "onednn" if device.type == "cpu" and dtype == torch.float32 and _onednn_works() else "torch"
+        onednn_dtype = dtype in (torch.float32, torch.bfloat16)
+        kind = "onednn" if device.type == "cpu" and onednn_dtype and onednn.works(dtype) else "torch"
     if kind == "torch":
         return F.linear
     if kind == "onednn":
-        if not _onednn_works():
-            raise ValueError("matmul 'onednn' is not available in this torch build")
-        return _onednn_linear
+        if not onednn.works(dtype):
+            raise ValueError(f"matmul 'onednn' is not available in this torch build for {dtype}")
+        return onednn.linear
     raise ValueError(f"unknown matmul {kind!r}; choose from 'auto', 'torch', 'onednn'")
-
-
-def _onednn_works() -> bool:
-    try:
-        x, w = torch.randn(3, 8), torch.randn(4, 8)
-        return torch.allclose(_onednn_linear(x, w), F.linear(x, w), atol=1e-5)
-    except (RuntimeError, AttributeError):
-        return False
 
 
 class DecoderLayer(nn.Module):

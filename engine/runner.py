@@ -11,10 +11,12 @@ decode stage, and the reused tokens it picked last step join this step's forward
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from engine.attention import AttentionMetadata, PrefillSpan, make_attention_backend
 from engine.config import ModelConfig
@@ -23,6 +25,9 @@ from engine.model import LayerHook, LlamaModel
 from engine.request import Request
 from engine.reuse.execute import Reuser
 from engine.reuse.plan import ReuseOptions
+from kernels import cpu_features, onednn
+
+logger = logging.getLogger("engine")
 
 
 @dataclass(slots=True)
@@ -59,6 +64,17 @@ class ModelRunner:
         self.reuser = Reuser(model, self.attn, reuse, device) if reuse is not None else None
         self.last_forward_s = 0.0
         self.num_decode_recomputed = 0  # reused tokens recomputed by KVShare's decode stage
+        _announce(self.describe())
+
+    def describe(self) -> str:
+        """One line: the dtype and the kernels this runner chose (logged once at start-up)."""
+        model, dtype = self.model, str(self.k_cache.dtype).removeprefix("torch.")
+        matmul = {F.linear: "torch", onednn.linear: "oneDNN, packed weights"}.get(model.linear, repr(model.linear))
+        fused = "Triton" if any(layer.fused for layer in model.layers) else "torch"
+        where = f"cpu ({cpu_features.describe()})" if self.device.type == "cpu" else str(self.device)
+        return (f"engine: {where}, dtype {dtype} (weights and KV cache), matmul {matmul}, "
+                f"attention {type(self.attn).__name__}, norm/RoPE/SiLU {fused}"
+                + (", CUDA graphs" if self.graphs is not None else ""))
 
     @staticmethod
     def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -142,3 +158,14 @@ class ModelRunner:
             torch.cuda.synchronize()
         self.last_forward_s = time.perf_counter() - t0
         return logits, sampling
+
+
+def _announce(line: str) -> None:
+    """Logs `line` at INFO on the `engine` logger; where the program configured no logging at all,
+    to stderr (as vLLM does), so that `agentrt run` and `agentrt serve` show what they run on."""
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    logger.info(line)

@@ -23,6 +23,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from kernels import cpu_features
+
 CSRC = Path(__file__).with_name("csrc")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 
@@ -45,11 +47,7 @@ def compiler() -> str | None:
 
 
 def _cpu_id() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        return next((line for line in info.splitlines() if line.startswith("flags")), platform.processor())
-    except OSError:
-        return platform.processor()
+    return " ".join(sorted(cpu_features.cpu_flags())) or platform.processor()
 
 
 def load(name: str, function: str, argtypes: list) -> ctypes.CDLL | None:

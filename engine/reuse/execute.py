@@ -15,6 +15,7 @@ from engine.attention import AttentionBackend, AttentionMetadata, PrefillSpan
 from engine.model import LayerHook, LlamaModel, rope_cos_sin
 from engine.request import Request
 from engine.reuse.plan import ReuseOptions, ReusePlan
+from kernels import cpu_features
 from kernels.kv_copy import copy_reused_kv_
 from kernels.kv_store import store_kv_ref
 
@@ -22,7 +23,7 @@ from kernels.kv_store import store_kv_ref
 def probe_precision(name: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype DHD's run-ahead computes in. Its output only weights the selection (it never enters
     the KV that is kept, nor the logits), so `auto` takes bfloat16 wherever bfloat16 matmuls are
-    fast: a CUDA device, or a CPU whose oneDNN has bfloat16 kernels (on this project's AVX512-BF16
+    fast: a CUDA device, or a CPU with bfloat16 matmul hardware (kernels/cpu_features.py) (on this project's AVX512-BF16
     EPYC, ~1.8x for the tail's linear layers and ~3x for its attention's matmuls against float32);
     else the model's dtype."""
     if name == "model":
@@ -32,10 +33,7 @@ def probe_precision(name: str, model_dtype: torch.dtype, device: torch.device) -
     if device.type == "cuda":
         fast = torch.cuda.is_bf16_supported()
     else:
-        try:
-            fast = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        except (AttributeError, RuntimeError):
-            fast = False
+        fast = device.type == "cpu" and cpu_features.native_bf16()
     return torch.bfloat16 if fast else model_dtype
 
 

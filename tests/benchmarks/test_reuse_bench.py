@@ -29,7 +29,7 @@ def test_bench_reuse_json_and_predictions(tmp_path):
     bench_reuse.add_arguments(ap)
     out = tmp_path / "reuse.json"
     args = ap.parse_args(["--requests", "2", "--docs", "2", "--max-tokens", "4", "--corpus", str(corpus),
-                          "--model", str(model), "--kv-cache-tokens", "16384", "--no-scheduling",
+                          "--model", str(model), "--dtype", "float32", "--kv-cache-tokens", "16384", "--no-scheduling",
                           "--method", "full", "--method", "naive", "--method", "dhd-20", "--json", str(out)])
     bench_reuse.main(args)
     report = json.loads(out.read_text())

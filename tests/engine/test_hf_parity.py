@@ -8,10 +8,9 @@ import torch.nn.functional as F
 
 from engine import LLM, Engine, SamplingParams
 from engine.attention import CpuAttentionBackend, TorchAttentionBackend
-from engine.model import _onednn_linear, _onednn_works
 from tests.conftest import CHAT_PROMPTS, hf_greedy
 
-from kernels import _cc, cpu_attention
+from kernels import _cc, cpu_attention, onednn
 
 pytestmark = pytest.mark.slow
 NEW_TOKENS = 32
@@ -24,7 +23,7 @@ BACKENDS = {"torch": dict(attention_backend="torch", matmul="torch", **CPU_FP32)
 # what each configuration must run on this machine (a failed C build raises: kernels/_cc.py)
 EXPECTED = {"torch": (TorchAttentionBackend, F.linear),
             "auto": (CpuAttentionBackend if _cc.compiler() is not None else TorchAttentionBackend,
-                     _onednn_linear if _onednn_works() else F.linear)}
+                     onednn.linear if onednn.works() else F.linear)}
 
 
 @pytest.fixture(scope="module", params=sorted(BACKENDS))

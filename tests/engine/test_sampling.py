@@ -11,7 +11,7 @@ from engine.sampler import _filter_top_k_top_p
 
 @pytest.fixture(scope="module")
 def llm(tiny_model_dir):
-    return LLM(str(tiny_model_dir), kv_cache_tokens=4096)
+    return LLM(str(tiny_model_dir), kv_cache_tokens=4096, dtype="float32")  # compared with HF float32 below
 
 
 P = [11, 42, 97, 130, 7, 250, 19]
