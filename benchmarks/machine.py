@@ -7,7 +7,8 @@ import platform
 import sys
 from importlib import metadata
 
-_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "fma")
+_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                      "amx_tile", "amx_bf16", "amx_int8")
 
 
 def _cpuinfo() -> dict:
@@ -36,6 +37,8 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             pass
     torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the SIMD level torch dispatches to
     if torch is not None and torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     return out
