@@ -71,7 +71,7 @@ def served_targets(args) -> dict[str, str]:
 def run_preset(name: str, sessions: list[ReplaySession], args, prior: list[ToolCallRecord] = ()) -> dict:
     preset = get_preset(name)
     backend = EmbeddedBackend(model=args.model, preset=preset, kv_cache_tokens=args.kv_blocks * 16,
-                              max_num_seqs=args.max_num_seqs)
+                              max_num_seqs=args.max_num_seqs, dtype=args.dtype)
     rt = Runtime(backend, retention=preset.retention(prior), tool_format="bash", max_turns=10_000, db=args.db,
                  name=f"jct-{name}", sampling=SAMPLING)
     t0 = time.perf_counter()
@@ -108,6 +108,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="tool pauses: SWE-agent bucket lognormals, or measured timings (agentrt/replay.py)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="the embedded engine's dtype (auto: bfloat16 on CPUs with bf16 matmul hardware)")
     ap.add_argument("--prior", default="replay",
                     help="what predictors learn from before the run: 'replay' (the same sessions' commands with "
                          "independently drawn durations), 'none', or a JSONL of tool timings such as "
@@ -146,7 +148,7 @@ def main(args) -> dict:
           f"rate {args.rate}/s, KV pool {args.kv_blocks} blocks x 16 tokens", flush=True)
     out = {"traces": str(args.traces), "programs": n, "turns": turns, "tool_time_s": pause, "rate": args.rate,
            "kv_blocks": args.kv_blocks, "scale": args.scale, "max_output_tokens": args.max_output_tokens,
-           "max_context_tokens": args.max_context_tokens, "seed": args.seed, "machine": machine_info(), "presets": {}}
+           "max_context_tokens": args.max_context_tokens, "seed": args.seed, "dtype": args.dtype, "machine": machine_info(), "presets": {}}
     runs: dict[str, list[dict]] = {}
     for rep in range(args.repeat):
         for name in [] if args.no_embedded else args.preset or list(PRESETS):
