@@ -29,15 +29,28 @@ from agentrt import SamplingParams, ShellTool
 SYSTEM = (
     "You are a helpful assistant that works in a Linux shell to answer questions about the code in the "
     "current directory. Each reply: one short sentence of thought, then EXACTLY ONE shell command in a "
-    "```bash code block. You will see the command's output. Useful commands: ls, grep -rn, cat, head, "
-    "wc -l, python -m pytest -q. When you know the answer, reply with the answer and no code block."
+    "```bash code block. You will see the command's output. Useful commands: ls, grep -rn, cat, sed -n, head, "
+    "wc -l, python -m pytest -q. To read a definition, find it with grep -rn, then print its lines with "
+    "sed -n START,ENDp FILE. To count files, pipe ls into wc -l. Use only file names you have seen in this "
+    "directory. If the output does not answer the question yet, run another command. When you know the "
+    "answer, reply with the answer and no code block."
 )
 
+# worked exchanges on another tree: small models imitate far better than they follow rules (a single
+# one-command example made the 0.5B model reuse its file name and answer after any first output)
 EXAMPLE = [
-    {"role": "user", "content": "How many lines does setup.py have?"},
-    {"role": "assistant", "content": "I will count them with wc.\n```bash\nwc -l setup.py\n```"},
-    {"role": "user", "content": "<returncode>0</returncode>\n<output>\n42 setup.py\n</output>"},
-    {"role": "assistant", "content": "setup.py has 42 lines."},
+    {"role": "user", "content": "Where is the function parse_args defined, and what does it return?"},
+    {"role": "assistant", "content": "I will search for its definition.\n```bash\ngrep -rn \"def parse_args\" .\n```"},
+    {"role": "user", "content": "<returncode>0</returncode>\n<output>\n./cli/options.py:14:def parse_args(argv):\n</output>"},
+    {"role": "assistant", "content": "Now I read the function.\n```bash\nsed -n 14,30p cli/options.py\n```"},
+    {"role": "user", "content": "<returncode>0</returncode>\n<output>\ndef parse_args(argv):\n    parser = build_parser()\n"
+                                "    return parser.parse_args(argv)\n</output>"},
+    {"role": "assistant", "content": "parse_args is defined in cli/options.py; it returns parser.parse_args(argv), "
+                                     "the parsed command-line arguments."},
+    {"role": "user", "content": "How many Markdown files are in the docs directory?"},
+    {"role": "assistant", "content": "I will count them.\n```bash\nls docs/*.md | wc -l\n```"},
+    {"role": "user", "content": "<returncode>0</returncode>\n<output>\n7\n</output>"},
+    {"role": "assistant", "content": "There are 7 Markdown files in the docs directory."},
 ]
 
 QUESTIONS = [
@@ -86,7 +99,7 @@ async def agent(ctx, task):
                       env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                            "PYTHONPATH": task["workdir"]})
     ctx.system(SYSTEM)
-    ctx.messages += EXAMPLE  # one worked exchange: small models imitate far better than they follow rules
+    ctx.messages += EXAMPLE
     ctx.user(task["question"])
     act = True  # the next turn must be a command: start the reply inside a bash block
     for _ in range(ctx.max_turns):
