@@ -194,7 +194,8 @@ def run_hf_batch(model_dir: Path, prompts, max_tokens: int, pad_id: int) -> dict
             "token_ids": out[:, width:].tolist()}
 
 
-_KERNEL_LOG = re.compile(r"backend|kernel|onednn|mkldnn|amx|isa|avx|bf16|bfloat16|compil", re.IGNORECASE)
+_KERNEL_LOG = re.compile(r"backend|kernel|onednn|mkldnn|amx|isa|avx|compil|downcast", re.IGNORECASE)
+_NOT_KERNEL_LOG = re.compile(r"Attempted to load weight")  # one line per weight at bfloat16
 
 
 def run_vllm(venv: Path, model_dir: Path, dtype: str, workloads: dict, repeat: int) -> dict | None:
@@ -226,7 +227,8 @@ def run_vllm(venv: Path, model_dir: Path, dtype: str, workloads: dict, repeat: i
     logs = (proc.stdout + proc.stderr).splitlines()
     result.update(preload=preload, wall_s=wall,
                   kernel_log=list(dict.fromkeys(ln.split("] ", 1)[-1].strip() for ln in logs
-                                                if _KERNEL_LOG.search(ln) and not ln.startswith("AGENTRT_")))[:40])
+                                                if _KERNEL_LOG.search(ln) and not _NOT_KERNEL_LOG.search(ln)
+                                                and not ln.startswith("AGENTRT_")))[:40])
     return result
 
 
