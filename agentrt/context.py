@@ -109,7 +109,7 @@ class Context:
                 self.toolbox.add(t)
         fmt = self._format(tool_format or self.tool_format)
         specs = self.toolbox.specs() if (tools or self.toolbox.tools) else []
-        send = self.messages
+        send = list(self.messages)  # a copy: the reply appended below is not part of what was sent
         native = fmt == "openai"
         if specs and not native:
             send = self._with_tool_prompt(self.messages, fmt, specs)
