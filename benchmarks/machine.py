@@ -7,25 +7,15 @@ import platform
 import sys
 from importlib import metadata
 
+from kernels import cpu_features
+
 _FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
                       "amx_tile", "amx_bf16", "amx_int8")
 
 
-def _cpuinfo() -> dict:
-    try:
-        text = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return {}
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return fields
-
-
 def machine_info() -> dict:
-    info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
+    info = cpu_features.cpuinfo()
+    flags = cpu_features.cpu_flags()
     out = {
         "cpu_model": info.get("model name", platform.processor() or platform.machine()),
         "cpu_flags": sorted(f for f in _FLAGS_OF_INTEREST if f in flags),
