@@ -28,7 +28,7 @@ def machine_info() -> dict:
             pass
     torch = sys.modules.get("torch")
     if torch is not None:
-        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the SIMD level torch dispatches to
+        out["torch_cpu_capability"] = cpu_features.simd_level()  # the SIMD level torch dispatches to
     if torch is not None and torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     return out

@@ -23,7 +23,7 @@ from kernels.kv_store import store_kv_ref
 def probe_precision(name: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype DHD's run-ahead computes in. Its output only weights the selection (it never enters
     the KV that is kept, nor the logits), so `auto` takes bfloat16 wherever bfloat16 matmuls are
-    fast: a CUDA device, or a CPU with bfloat16 matmul hardware (kernels/cpu_features.py) (on this project's AVX512-BF16
+    fast: a CUDA device, or a CPU with bfloat16 matmul hardware, per kernels/cpu_features.py (on this project's AVX512-BF16
     EPYC, ~1.8x for the tail's linear layers and ~3x for its attention's matmuls against float32);
     else the model's dtype."""
     if name == "model":
