@@ -2,11 +2,14 @@
 
 `EmbeddedBackend(preset="agentrt")` builds its engine with the preset's options (agentrt/presets.py);
 a `Runtime` over it then runs the preset's retention policy. It reads the engine only through its
-published `EngineSnapshot` and request outputs.
+published `EngineSnapshot` and request outputs. `ChatTemplateToolsBackend(EmbeddedBackend(...))`
+is the same engine with native tools: OpenAI `tools` through the model's own chat template, the
+reply's calls read by the model's parser, as `agentrt serve` (and vLLM's server) do over HTTP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -14,6 +17,7 @@ from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from engine.params import ProgramHint, SamplingParams
 
+from agentrt import toolcalls
 from agentrt.backends.base import Backend
 from agentrt.presets import Preset, get_preset
 from agentrt.types import ChatReply, LLMTimings
@@ -65,3 +69,95 @@ class EmbeddedBackend(Backend):
         s = self.aengine.engine.snapshot  # immutable: safe to read while the engine thread steps
         return {"blocks_total": s.num_blocks, "blocks_free": s.num_free_blocks, "blocks_used": s.num_used_blocks,
                 "blocks_pinned": s.num_pinned_blocks, "running": s.num_running, "waiting": s.num_waiting}
+
+
+class ChatTemplateToolsBackend(Backend):
+    """The embedded engine as a native-tools backend: the request's `tools` go through the model's own
+    chat template (`apply_chat_template(messages, tools=...)`; Hermes text in the system prompt where
+    the template takes no tools), the reply is decoded with its special tokens (Qwen's `<tool_call>`
+    is one) and its calls read by the model's parser (toolcalls.TOOL_CALL_PARSERS, chosen from the
+    template and vocabulary as `agentrt serve` chooses it, or given). What vLLM's OpenAI server does
+    with `tools`, in process (BFCL's function-calling mode over `EmbeddedBackend`, for one)."""
+
+    native_tools = True
+
+    def __init__(self, inner: EmbeddedBackend, parser: str | None = None):
+        from agentrt.serve_tools import ToolSetup
+
+        self.inner = inner
+        self.name = inner.name
+        self.preset = getattr(inner, "preset", None)
+        self.model_name = getattr(inner, "model_name", None)
+        self.tokenizer = inner.aengine.engine.tokenizer
+        self.setup = ToolSetup.for_model(self.tokenizer, parser=parser)
+
+    async def __aenter__(self) -> "ChatTemplateToolsBackend":
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.inner.__aexit__(*exc_info)
+
+    def end_program(self, program_id: str) -> None:
+        self.inner.end_program(program_id)
+
+    def sample(self) -> dict | None:
+        return self.inner.sample()
+
+    def _message(self, m: dict) -> dict:
+        out = {"role": m["role"], "content": m.get("content") or ""}
+        if m["role"] == "tool" and self.setup.native:
+            out.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None})
+        if m.get("tool_calls"):
+            calls = toolcalls.parse_openai_tool_calls(m["tool_calls"])
+            if self.setup.native:  # templates expect the arguments as objects
+                out["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+            else:
+                out["content"] += "".join(toolcalls.call_text(self.setup.parser, c) for c in calls)
+        return out
+
+    def render(self, messages: list[dict], tools: list[dict] | None) -> str:
+        """The prompt text: the conversation (and the tools) through the model's chat template."""
+        msgs = [self._message(m) for m in messages]
+        if tools and self.setup.native:
+            return self.tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True)
+        if tools:
+            text = toolcalls.render_tools(self.setup.parser, tools)
+            if msgs and msgs[0]["role"] == "system":
+                msgs[0] = {**msgs[0], "content": f"{msgs[0]['content']}\n\n{text}"}
+            else:
+                msgs.insert(0, {"role": "system", "content": text})
+        return self.inner.aengine.engine.apply_chat_template(msgs)
+
+    def reply_text(self, out, prefill: str | None = None) -> str:
+        """A finished output's text (decoded with its special tokens when tools were offered), less
+        the special token that stopped it, after any prefilled start."""
+        text = (prefill or "") + out.text
+        if out.finish_reason == "stop" and not isinstance(out.stop_reason, str) and out.token_ids:
+            last = out.token_ids[-1]  # the special token that stopped it is no part of the reply
+            if self.tokenizer.decode([last], skip_special_tokens=True) == "":
+                text = text.removesuffix(self.tokenizer.decode([last], skip_special_tokens=False))
+        return text
+
+    async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
+                   tools: list[dict] | None = None, last_tool: str | None = None,
+                   prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
+        queued = time.time()
+        engine = self.inner.aengine.engine
+        held = hint.program_id is not None and hint.program_id in engine.snapshot.pinned_programs
+        if tools:  # a model's call markers are often special tokens: keep them in the text
+            params = dataclasses.replace(params, skip_special_tokens=False)
+        out = await self.inner.aengine.complete(self.render(messages, tools) + (prefill or ""), params, hint=hint,
+                                                retention=retention)
+        if out.finish_reason == "error":
+            raise RuntimeError(f"the model failed on this request: {out.stop_reason}")
+        text = self.reply_text(out, prefill) if tools else (prefill or "") + out.text
+        content, calls = toolcalls.split_reply(self.setup.parser, text) if tools else (text, [])
+        wall, mono = time.time(), time.monotonic()
+        m = out.metrics
+        timings = LLMTimings(queued, _epoch(m.first_scheduled_time, wall, mono),
+                             _epoch(m.first_token_time, wall, mono), _epoch(m.finish_time, wall, mono))
+        return ChatReply(content or "", out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
+                         len(out.token_ids), timings, reused_tokens=out.num_reused_tokens, tool_calls=calls,
+                         pin_held=held)

@@ -12,7 +12,8 @@ message and its held-out functions become tools from then on. Two modes, as BFCL
   so that scores compare with BFCL's leaderboard runs of prompting models;
 - `fc` (BFCL's function-calling models): structured tools through the model's chat template (the
   backend's native tools: an OpenAI-compatible server, or the embedded engine through
-  `ChatTemplateToolsBackend`), the reply's calls read by the model's parser (agentrt/toolcalls.py).
+  `agentrt.backends.embedded.ChatTemplateToolsBackend`), the reply's calls read by the model's
+  parser (agentrt/toolcalls.py).
 
 Each call runs through BFCL's executor (`execute_multi_turn_func_call`) on this program's instances of
 the entry's classes (GorillaFileSystem, TwitterAPI, TradingBot, ... loaded with the entry's initial
@@ -33,13 +34,11 @@ from __future__ import annotations
 
 import ast
 import copy
-import dataclasses
 import inspect
 import json
 import math
 import random
 import statistics
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -50,13 +49,12 @@ from typing import Any
 
 import anyio
 
-from agentrt import toolcalls
 from agentrt.backends.base import Backend
 from agentrt.context import Context
 from agentrt.runtime import Runtime
 from agentrt.tools import Tool, ToolBox
-from agentrt.types import ChatReply, LLMTimings, ToolCall
-from engine.params import ProgramHint, SamplingParams
+from agentrt.types import ToolCall
+from engine.params import SamplingParams
 
 CATEGORIES = ("base", "long_context", "miss_func", "miss_param")
 MODES = ("prompt", "fc")
@@ -215,97 +213,6 @@ def decode_prompt_reply(text: str) -> list[ToolCall]:
             arguments = {"_unparsed": source}
         calls.append(ToolCall(name, arguments, "call_" + uuid.uuid4().hex[:24], raw=source))
     return calls
-
-
-# ---- the embedded engine with tools through the model's chat template ------------------------------
-
-class ChatTemplateToolsBackend(Backend):
-    """The embedded engine as a native-tools backend: the request's `tools` go through the model's own
-    chat template (`apply_chat_template(messages, tools=...)`; Hermes text in the system prompt where
-    the template takes no tools), the reply is decoded with its special tokens (Qwen's `<tool_call>`
-    is one) and its calls read by the model's parser (toolcalls.TOOL_CALL_PARSERS, chosen from the
-    template and vocabulary as `agentrt serve` chooses it, or given). What vLLM's OpenAI server does
-    with `tools`, in process: BFCL's function-calling mode over `EmbeddedBackend`."""
-
-    native_tools = True
-
-    def __init__(self, inner, parser: str | None = None):
-        from agentrt.serve_tools import ToolSetup
-
-        self.inner = inner
-        self.name = inner.name
-        self.preset = getattr(inner, "preset", None)
-        self.model_name = getattr(inner, "model_name", None)
-        self.tokenizer = inner.aengine.engine.tokenizer
-        self.setup = ToolSetup.for_model(self.tokenizer, parser=parser)
-
-    async def __aenter__(self) -> "ChatTemplateToolsBackend":
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self.inner.__aexit__(*exc_info)
-
-    def end_program(self, program_id: str) -> None:
-        self.inner.end_program(program_id)
-
-    def sample(self) -> dict | None:
-        return self.inner.sample()
-
-    def _message(self, m: dict) -> dict:
-        out = {"role": m["role"], "content": m.get("content") or ""}
-        if m["role"] == "tool" and self.setup.native:
-            out.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None})
-        if m.get("tool_calls"):
-            calls = toolcalls.parse_openai_tool_calls(m["tool_calls"])
-            if self.setup.native:  # templates expect the arguments as objects
-                out["tool_calls"] = [{"id": c.id, "type": "function",
-                                      "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-            else:
-                out["content"] += "".join(toolcalls.call_text(self.setup.parser, c) for c in calls)
-        return out
-
-    def render(self, messages: list[dict], tools: list[dict] | None) -> str:
-        """The prompt text: the conversation (and the tools) through the model's chat template."""
-        msgs = [self._message(m) for m in messages]
-        if tools and self.setup.native:
-            return self.tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True)
-        if tools:
-            text = toolcalls.render_tools(self.setup.parser, tools)
-            if msgs and msgs[0]["role"] == "system":
-                msgs[0] = {**msgs[0], "content": f"{msgs[0]['content']}\n\n{text}"}
-            else:
-                msgs.insert(0, {"role": "system", "content": text})
-        return self.inner.aengine.engine.apply_chat_template(msgs)
-
-    async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
-                   tools: list[dict] | None = None, last_tool: str | None = None,
-                   prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
-        queued = time.time()
-        engine = self.inner.aengine.engine
-        held = hint.program_id is not None and hint.program_id in engine.snapshot.pinned_programs
-        if tools:  # a model's call markers are often special tokens: keep them in the text
-            params = dataclasses.replace(params, skip_special_tokens=False)
-        out = await self.inner.aengine.complete(self.render(messages, tools) + (prefill or ""), params, hint=hint,
-                                                retention=retention)
-        if out.finish_reason == "error":
-            raise RuntimeError(f"the model failed on this request: {out.stop_reason}")
-        text = (prefill or "") + out.text
-        if tools and out.finish_reason == "stop" and not isinstance(out.stop_reason, str) and out.token_ids:
-            last = out.token_ids[-1]  # the special token that stopped it is no part of the reply
-            if self.tokenizer.decode([last], skip_special_tokens=True) == "":
-                text = text.removesuffix(self.tokenizer.decode([last], skip_special_tokens=False))
-        content, calls = toolcalls.split_reply(self.setup.parser, text) if tools else (text, [])
-        wall, mono = time.time(), time.monotonic()
-        m = out.metrics
-
-        def epoch(t):
-            return None if t is None else wall - (mono - t)
-
-        timings = LLMTimings(queued, epoch(m.first_scheduled_time), epoch(m.first_token_time), epoch(m.finish_time))
-        return ChatReply(content or "", out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
-                         len(out.token_ids), timings, reused_tokens=out.num_reused_tokens, tool_calls=calls,
-                         pin_held=held)
 
 
 # ---- the agent program ---------------------------------------------------------------------------
@@ -469,6 +376,8 @@ def run_bfcl(backend: Backend, categories: list[str], *, limit: int | None = Non
     if mode == "fc" and not backend.native_tools:
         if not hasattr(backend, "aengine"):
             raise ValueError(f"BFCL's function-calling mode needs a backend with native tools, not {backend.name!r}")
+        from agentrt.backends.embedded import ChatTemplateToolsBackend
+
         backend = ChatTemplateToolsBackend(backend)
     max_steps = max(len(t.entry["question"]) for t in tasks) * (MAXIMUM_STEP_LIMIT + 1)
     runtime = Runtime(backend, db=db, tool_format="openai" if mode == "fc" else "bfcl", max_turns=max_steps,

@@ -20,7 +20,6 @@ from agentrt.store import LLMCall, ToolCallRow, read_rows
 from agentrt.types import ToolCall
 from agentrt.workloads.bfcl import (
     CATEGORIES,
-    ChatTemplateToolsBackend,
     ToolDelay,
     decode_prompt_reply,
     load_tasks,
@@ -161,7 +160,7 @@ def _force_first_reply(engine, first: str, rest: str) -> None:
 
 
 def test_fc_mode_on_the_embedded_engine_goes_through_the_chat_template(tmp_path):
-    from agentrt.backends import EmbeddedBackend
+    from agentrt.backends import ChatTemplateToolsBackend, EmbeddedBackend
     from tests.conftest import recording_engine_class
 
     model = make_tiny_model(tmp_path / "tiny-long", max_position_embeddings=65536)
