@@ -99,7 +99,8 @@ class Context:
         text (e.g. "```bash\n" to get a command out of a small model); sampling options
         (max_tokens=..., stop=...) override the program's defaults for this turn. With a runtime
         retention policy, a non-final turn's KV is kept for the TTL predicted for the tool call that
-        follows: `next_tool_call` when the agent knows it, else the first call parsed from the reply."""
+        follows: `next_tool_call` when the agent knows it, else the first call in the reply (parsed
+        from its text, or the first structured call a native-tools backend reads from the output)."""
         if self.turn >= self.max_turns:
             raise TurnLimitReached(f"program {self.program_id} reached its limit of {self.max_turns} turns")
         if messages is not None:
@@ -116,7 +117,8 @@ class Context:
         params = dataclasses.replace(self.sampling, **sampling) if sampling else self.sampling
         is_last = last_turn or self.turn == self.max_turns - 1
         hint = ProgramHint(self.program_id, self.turn, is_last, self.tenant)
-        retention = self._retention_callback(fmt, prefill, next_tool_call) if self.retention and not is_last else None
+        retention = (self._retention_callback(fmt, prefill, next_tool_call, native and bool(specs))
+                     if self.retention and not is_last else None)
         error = None
         try:
             reply = await self.backend.chat(send, params, hint, specs if native and specs else None, self.last_tool,
@@ -140,10 +142,17 @@ class Context:
         self._record_llm(hint, reply, send, None)
         return reply
 
-    def _retention_callback(self, fmt: str, prefill: str | None, call: ToolCall | None) -> Callable:
+    def _retention_callback(self, fmt: str, prefill: str | None, call: ToolCall | None,
+                            native_tools: bool = False) -> Callable:
+        """The TTL callback of one turn: the tool call that follows is the agent's `call`, else the
+        first one in the reply: parsed from the text in a text format, or, where the backend reads
+        structured calls out of the engine's output itself (native tools), the first it reads."""
         def ttl_s(out, snapshot) -> float:  # runs in the engine thread when the turn ends
             nonlocal call
-            if call is None and fmt in toolcalls.FORMATS:
+            if call is None and native_tools:
+                calls = self.backend.tool_calls_in(out, prefill) or []
+                call = calls[0] if calls else None
+            elif call is None and fmt in toolcalls.FORMATS:
                 text = (prefill or "") + out.text
                 calls, error = toolcalls.parse(fmt, text)
                 self._parsed = (text, calls, error)

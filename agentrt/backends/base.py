@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from engine.params import ProgramHint, SamplingParams
 
-from agentrt.types import ChatReply
+from agentrt.types import ChatReply, ToolCall
 
 
 class BackendError(RuntimeError):
@@ -18,7 +18,9 @@ class Backend:
     `tools` specs and return structured tool calls; the others get tools rendered into the prompt.
     `prefill` starts the assistant's reply with given text (the reply's text includes it).
     `retention(final_output) -> seconds` is how long to keep the program's KV after this turn; only
-    a backend that owns the engine can honour it (the others ignore it)."""
+    a backend that owns the engine can honour it (the others ignore it). A native-tools backend that
+    honours it also reads the calls out of the engine's output (`tool_calls_in`), so that the
+    runtime's callback can predict the coming tool's duration before `chat` returns."""
 
     name = "base"
     native_tools = False
@@ -33,6 +35,12 @@ class Backend:
                    tools: list[dict] | None = None, last_tool: str | None = None,
                    prefill: str | None = None, retention: Callable | None = None) -> ChatReply:
         raise NotImplementedError
+
+    def tool_calls_in(self, final_output, prefill: str | None = None) -> list[ToolCall] | None:
+        """The tool calls this backend will return for a finished engine output of a turn that was
+        given `tools` (called in the engine thread); None: this backend does not parse the engine's
+        text itself."""
+        return None
 
     def end_program(self, program_id: str) -> None:
         """Called once a program is over (its KV and server affinity may go)."""

@@ -20,7 +20,7 @@ from engine.params import ProgramHint, SamplingParams
 from agentrt import toolcalls
 from agentrt.backends.base import Backend
 from agentrt.presets import Preset, get_preset
-from agentrt.types import ChatReply, LLMTimings
+from agentrt.types import ChatReply, LLMTimings, ToolCall
 
 
 def _epoch(monotonic_t: float | None, now_wall: float, now_mono: float) -> float | None:
@@ -139,6 +139,12 @@ class ChatTemplateToolsBackend(Backend):
             if self.tokenizer.decode([last], skip_special_tokens=True) == "":
                 text = text.removesuffix(self.tokenizer.decode([last], skip_special_tokens=False))
         return text
+
+    def tool_calls_in(self, out, prefill: str | None = None) -> list[ToolCall]:
+        """The calls the model's parser reads in a finished output of a turn that offered tools:
+        what `chat` will return as the reply's `tool_calls` (the runtime's retention callback asks
+        it in the engine thread, before `chat` returns)."""
+        return toolcalls.split_reply(self.setup.parser, self.reply_text(out, prefill))[1]
 
     async def chat(self, messages: list[dict], params: SamplingParams, hint: ProgramHint,
                    tools: list[dict] | None = None, last_tool: str | None = None,
